@@ -1,0 +1,1233 @@
+//! The sync session: what two peers say to each other over one secured, ordered link.
+//!
+//! A pure state machine in the manner of `quinn-proto`: frames and `now` go in through
+//! [`SyncSession::handle_frame`], frames come out of [`SyncSession::poll_transmit`], events out
+//! of [`SyncSession::poll_event`]. It never reads a clock, spawns or touches a socket; the
+//! only side effect is the store passed into each call, written through exactly one
+//! [`WriteBatch`] per call, and events become visible only after that commit succeeded.
+//!
+//! ## A meeting
+//!
+//! 1. Both sides send [`Hello`]: protocol version, whether they carry for others, the scopes
+//!    they want. The initiator's hello also opens round 0 (a salt and a ~50-byte summary).
+//! 2. Reconciliation ([`crate::recon`]) over the items both sides want: one round trip when
+//!    nothing differs, a few hundred bytes of coded symbols when a hundred items differ.
+//! 3. Transfer: the side that decoded the difference asks for what it lacks (`Want`) and
+//!    pushes what the other lacks; the other side answers the want. Tombstones first, then
+//!    envelopes by priority; every complete item is committed as it arrives, and an item cut
+//!    mid-way is kept as a partial and resumed at the next meeting ([`Message::Resume`]).
+//! 4. Both say `Done`; the round is over. A later change to either store (a new message, an
+//!    item from another peer) starts another round while the link lasts.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::codec::{BoundedBytes, BoundedVec, CodecError};
+use crate::envelope::{Item, ItemError, ItemId, ScopeTag, Tombstone, MAX_ITEM_LEN};
+use crate::policy::{self, NodePolicy, PeerWants};
+use crate::recon::{ReconError, ReconMessage, Reconciler, Salt, ShortId};
+use crate::store::{
+    recon_key, InboxEntry, ItemKind, ItemMeta, Origin, Partial, ReconFilter, ReconKey, Store,
+    StoreError, StoredItem, WriteBatch, WriteOp,
+};
+use crate::time::Timestamp;
+use crate::wire::{
+    self, Chunk, CloseReason, Hello, Message, Open, CHUNK_OVERHEAD_MAX, MAX_MTU, MIN_MTU,
+    PROTOCOL_VERSION,
+};
+
+/// Transfers a receiver keeps open at once; a peer opening more is misbehaving.
+const MAX_INCOMING: usize = 256;
+
+/// Partial transfers considered for resumption in one round.
+const MAX_RESUMABLE: usize = 256;
+
+/// Eviction candidates fetched per attempt to make room.
+const EVICTION_BATCH: usize = 64;
+
+/// Session settings. `policy` is the node's; `mtu` is the link's.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Largest frame this session sends or accepts, [`MIN_MTU`]..=[`MAX_MTU`].
+    pub mtu: usize,
+    pub policy: NodePolicy,
+    /// A round in progress with nothing heard from the peer for this long is abandoned.
+    /// Links that are slow by nature (LoRa at SF12) need minutes.
+    pub stall_timeout_ms: u64,
+}
+
+impl SessionConfig {
+    pub fn new(mtu: usize, policy: NodePolicy) -> Self {
+        SessionConfig {
+            mtu,
+            policy,
+            stall_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// Which end of the link this is. Exactly one side is the initiator; it opens every round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Initiator,
+    Responder,
+}
+
+/// What happened, reported after the store committed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SyncEvent {
+    /// An item from this peer is now in the store.
+    ItemStored {
+        id: ItemId,
+        kind: ItemKind,
+        bytes: usize,
+    },
+    /// An envelope for one of our scopes arrived; it is in the store's inbox.
+    Delivered { id: ItemId },
+    /// The tombstone of one of our own envelopes arrived: its recipient has it.
+    ReceiptForOwn { id: ItemId },
+    /// An item was refused (expired, from the future, tombstoned, or no room).
+    ItemRefused { id: ItemId, reason: RefusedBecause },
+    /// The last chunk of an item left for the peer.
+    ItemSent { id: ItemId, bytes: usize },
+    /// Both sides are done with a reconciliation round.
+    RoundComplete {
+        /// Reconciliation bytes this side sent in the round (summary, symbols, wants).
+        recon_bytes_sent: u64,
+        items_sent: u32,
+        items_received: u32,
+    },
+    /// The peer closed the session.
+    PeerClosed { reason: CloseReason },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusedBecause {
+    Expired,
+    FromTheFuture,
+    Tombstoned,
+    NoRoom,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    #[error("frame or message does not decode: {0}")]
+    Codec(#[from] CodecError),
+    #[error("peer sent an invalid item: {0}")]
+    Item(#[from] ItemError),
+    #[error("reconciliation failed: {0}")]
+    Recon(#[from] ReconError),
+    #[error("storage failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("peer speaks sync protocol version {0}, we speak {PROTOCOL_VERSION}")]
+    Version(u8),
+    #[error("peer broke the protocol: {0}")]
+    Protocol(&'static str),
+    #[error("peer was silent for too long")]
+    TimedOut,
+    #[error("the session is closed")]
+    Closed,
+    #[error("MTU {0} outside the supported {MIN_MTU}..={MAX_MTU}")]
+    BadMtu(usize),
+}
+
+/// Stores a local envelope (this device's user wrote it). Returns its id; storing the same
+/// envelope twice is harmless.
+pub fn originate<S: Store>(
+    store: &mut S,
+    policy: &NodePolicy,
+    envelope: &crate::envelope::Envelope,
+    now: Timestamp,
+) -> Result<ItemId, SyncError> {
+    let item = Item::Envelope(envelope.clone());
+    let encoded = item.encode();
+    let id = item.id();
+    if store.contains(&id)? {
+        return Ok(id);
+    }
+    let meta = ItemMeta {
+        kind: ItemKind::Envelope,
+        priority: item.priority(),
+        scope: item.scope(),
+        expires_at_secs: item.expires_at_secs(),
+        created_at_secs: item.created_at_secs(),
+        stored_at: now,
+        len: encoded.len() as u32,
+        copies: policy::accepted_copies(policy, envelope.copy_budget, Origin::Local),
+        origin: Origin::Local,
+    };
+    let mut step = Step::default();
+    if !step.make_room(store, policy, meta.len as u64, true)? {
+        return Err(SyncError::Store(StoreError::Full));
+    }
+    step.batch.push(WriteOp::PutItem(StoredItem { id, meta, encoded }));
+    store.commit(step.batch)?;
+    Ok(id)
+}
+
+/// Removes items past their expiry (plus the skew tolerance). One commit; returns how many.
+pub fn expire<S: Store>(
+    store: &mut S,
+    policy: &NodePolicy,
+    now: Timestamp,
+) -> Result<usize, SyncError> {
+    let cutoff = now
+        .as_secs()
+        .saturating_sub(policy.clock_skew_tolerance_secs);
+    let mut removed = 0;
+    loop {
+        let ids = store.expired(cutoff, 4096)?;
+        if ids.is_empty() {
+            return Ok(removed);
+        }
+        let mut batch = WriteBatch::new();
+        removed += ids.len();
+        for id in ids {
+            batch.push(WriteOp::RemoveItem(id));
+        }
+        store.commit(batch)?;
+    }
+}
+
+/// The writes and events of one engine step, and what the step already decided, so two
+/// items in one frame see each other.
+#[derive(Default)]
+struct Step {
+    batch: WriteBatch,
+    events: Vec<SyncEvent>,
+    added: HashSet<ItemId>,
+    removed: HashSet<ItemId>,
+    usage_delta: i64,
+}
+
+impl Step {
+    fn contains<S: Store>(&self, store: &S, id: &ItemId) -> Result<bool, StoreError> {
+        if self.added.contains(id) {
+            return Ok(true);
+        }
+        if self.removed.contains(id) {
+            return Ok(false);
+        }
+        store.contains(id)
+    }
+
+    fn remove<S: Store>(&mut self, store: &S, id: ItemId) -> Result<Option<ItemMeta>, StoreError> {
+        if self.removed.contains(&id) {
+            return Ok(None);
+        }
+        let meta = store.meta(&id)?;
+        if let Some(meta) = &meta {
+            self.usage_delta -= meta.len as i64;
+        }
+        self.added.remove(&id);
+        self.removed.insert(id);
+        self.batch.push(WriteOp::RemoveItem(id));
+        Ok(meta)
+    }
+
+    fn put(&mut self, item: StoredItem) {
+        self.usage_delta += item.meta.len as i64;
+        self.removed.remove(&item.id);
+        self.added.insert(item.id);
+        self.batch.push(WriteOp::PutItem(item));
+    }
+
+    /// Evicts others' items (never our own) until `len` more bytes fit the quota.
+    fn make_room<S: Store>(
+        &mut self,
+        store: &S,
+        policy: &NodePolicy,
+        len: u64,
+        for_local: bool,
+    ) -> Result<bool, StoreError> {
+        let used = |s: &Step, store: &S| -> Result<u64, StoreError> {
+            Ok((store.usage()?.bytes as i64 + s.usage_delta).max(0) as u64)
+        };
+        if len > policy.quota_bytes {
+            return Ok(false);
+        }
+        let mut skip = 0;
+        while used(self, store)? + len > policy.quota_bytes {
+            let candidates = store.eviction_order(skip + EVICTION_BATCH)?;
+            let mut progressed = false;
+            for id in candidates.iter().skip(skip) {
+                skip += 1;
+                if self.removed.contains(id) || self.added.contains(id) {
+                    continue;
+                }
+                let Some(meta) = store.meta(id)? else { continue };
+                if meta.origin == Origin::Local && !for_local {
+                    // Own undelivered messages are the last thing we give up, and never for
+                    // someone else's.
+                    return Ok(false);
+                }
+                self.remove(store, *id)?;
+                progressed = true;
+                if used(self, store)? + len <= policy.quota_bytes {
+                    return Ok(true);
+                }
+            }
+            if !progressed && candidates.len() < skip {
+                return Ok(false);
+            }
+            if candidates.len() < skip {
+                return Ok(used(self, store)? + len <= policy.quota_bytes);
+            }
+        }
+        Ok(true)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the peer's hello.
+    AwaitHello,
+    Active,
+    Closed,
+}
+
+/// An item queued for sending in the current round.
+#[derive(Debug)]
+struct Outgoing {
+    id: ItemId,
+    short: ShortId,
+    grant: u8,
+    keep: u8,
+    /// Copies we held when the item was queued: `keep` differs only when spraying.
+    held: u8,
+    /// Bytes already sent (or skipped on the peer's [`Message::Resume`]).
+    offset: u32,
+    started: bool,
+    encoded: Option<Vec<u8>>,
+}
+
+/// Send order: tombstones, then envelopes by priority, then oldest first; the id breaks ties
+/// deterministically.
+type SendKey = (u8, u64, ItemId);
+
+/// A transfer being received.
+#[derive(Debug)]
+struct Incoming {
+    id: Option<ItemId>,
+    total_len: u32,
+    copies: u8,
+    received: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Round {
+    salt: Salt,
+    recon: Reconciler,
+    /// Nothing differs: the round ends without transfers or `Done`.
+    equal: bool,
+    outcome_handled: bool,
+    sent_done: bool,
+    peer_done: bool,
+    recon_bytes_sent: u64,
+    items_sent: u32,
+    items_received: u32,
+}
+
+/// One side of a sync session with one peer.
+#[derive(Debug)]
+pub struct SyncSession {
+    config: SessionConfig,
+    role: Role,
+    peer_key: Vec<u8>,
+    rng: ChaCha8Rng,
+    phase: Phase,
+    hello_sent: bool,
+    /// The filter the initiator's round 0 assumed (its own wants only).
+    assumed_filter: Option<ReconFilter>,
+    peer: Option<PeerWants>,
+    round: Option<Round>,
+    store_changed: bool,
+    peer_wants_resync: bool,
+    control: VecDeque<Message>,
+    send_queue: BTreeMap<SendKey, Outgoing>,
+    incoming: HashMap<ShortId, Incoming>,
+    events: VecDeque<SyncEvent>,
+    last_heard: Timestamp,
+}
+
+impl SyncSession {
+    pub fn new(
+        config: SessionConfig,
+        role: Role,
+        peer_key: Vec<u8>,
+        seed: u64,
+        now: Timestamp,
+    ) -> Result<Self, SyncError> {
+        if !(MIN_MTU..=MAX_MTU).contains(&config.mtu) {
+            return Err(SyncError::BadMtu(config.mtu));
+        }
+        Ok(SyncSession {
+            config,
+            role,
+            peer_key,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            phase: Phase::AwaitHello,
+            hello_sent: false,
+            assumed_filter: None,
+            peer: None,
+            round: None,
+            store_changed: false,
+            peer_wants_resync: false,
+            control: VecDeque::new(),
+            send_queue: BTreeMap::new(),
+            incoming: HashMap::new(),
+            events: VecDeque::new(),
+            last_heard: now,
+        })
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn peer_key(&self) -> &[u8] {
+        &self.peer_key
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// The peer's declared wants, once its hello arrived.
+    pub fn peer_wants(&self) -> Option<&PeerWants> {
+        self.peer.as_ref()
+    }
+
+    /// Round finished and nothing queued: the link may idle.
+    pub fn is_idle(&self) -> bool {
+        self.phase == Phase::Active
+            && self.round.is_none()
+            && self.control.is_empty()
+            && self.send_queue.is_empty()
+            && !self.store_changed
+            && !self.peer_wants_resync
+    }
+
+    /// The store changed outside this session: run another round when this one is over.
+    pub fn notify_store_changed(&mut self) {
+        self.store_changed = true;
+    }
+
+    pub fn poll_event(&mut self) -> Option<SyncEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] should be called, if ever.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        match self.phase {
+            Phase::Closed => None,
+            Phase::AwaitHello => Some(self.stall_deadline()),
+            Phase::Active if self.round.is_some() => Some(self.stall_deadline()),
+            Phase::Active => None,
+        }
+    }
+
+    fn stall_deadline(&self) -> Timestamp {
+        self.last_heard
+            .saturating_add_millis(self.config.stall_timeout_ms)
+    }
+
+    /// Gives up on a peer that went silent mid-round. The session is closed afterwards.
+    pub fn handle_timeout(&mut self, now: Timestamp) -> Result<(), SyncError> {
+        if let Some(deadline) = self.poll_timeout() {
+            if now >= deadline {
+                self.phase = Phase::Closed;
+                return Err(SyncError::TimedOut);
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the session politely; the next transmit carries the reason.
+    pub fn close(&mut self, reason: CloseReason) {
+        if self.phase != Phase::Closed {
+            self.control.push_back(Message::Close(reason));
+        }
+    }
+
+    /// One incoming frame. On error the session is closed (a `Close` is queued for the peer
+    /// where that makes sense) and nothing from this frame was committed.
+    pub fn handle_frame<S: Store>(
+        &mut self,
+        now: Timestamp,
+        frame: &[u8],
+        store: &mut S,
+    ) -> Result<(), SyncError> {
+        if self.phase == Phase::Closed {
+            return Err(SyncError::Closed);
+        }
+        self.last_heard = now;
+        let result = self.handle_frame_inner(now, frame, store);
+        if let Err(err) = &result {
+            let reason = match err {
+                SyncError::Version(_) => Some(CloseReason::Version),
+                SyncError::Store(_) => Some(CloseReason::Storage),
+                SyncError::Closed => None,
+                _ => Some(CloseReason::Protocol),
+            };
+            if let Some(reason) = reason {
+                self.control.clear();
+                self.control.push_back(Message::Close(reason));
+            }
+            self.send_queue.clear();
+            self.round = None;
+            self.phase = Phase::Closed;
+        }
+        result
+    }
+
+    fn handle_frame_inner<S: Store>(
+        &mut self,
+        now: Timestamp,
+        frame: &[u8],
+        store: &mut S,
+    ) -> Result<(), SyncError> {
+        let messages = wire::decode_frame(frame, self.config.mtu)?;
+        let mut step = Step::default();
+        for message in messages {
+            self.handle_message(now, message, store, &mut step)?;
+        }
+        if !step.batch.is_empty() {
+            store.commit(step.batch)?;
+        }
+        // Only now, after the commit, may anyone hear of what happened.
+        self.events.extend(step.events);
+        self.after_progress(store)?;
+        Ok(())
+    }
+
+    fn handle_message<S: Store>(
+        &mut self,
+        now: Timestamp,
+        message: Message,
+        store: &mut S,
+        step: &mut Step,
+    ) -> Result<(), SyncError> {
+        match message {
+            Message::Hello(hello) => self.handle_hello(hello, store),
+            _ if self.phase == Phase::AwaitHello => {
+                Err(SyncError::Protocol("message before hello"))
+            }
+            Message::Open(open) => self.handle_open(open, store),
+            Message::Recon(msg) => self.handle_recon(msg, store),
+            Message::Chunk(chunk) => self.handle_chunk(now, chunk, store, step),
+            Message::Resume { short, offset } => {
+                let short = ShortId(u64::from_le_bytes(short));
+                if let Some(out) = self.send_queue.values_mut().find(|o| o.short == short) {
+                    if offset > out.offset {
+                        out.offset = offset;
+                    }
+                }
+                Ok(())
+            }
+            Message::Done => {
+                let round = self
+                    .round
+                    .as_mut()
+                    .ok_or(SyncError::Protocol("done outside a round"))?;
+                if round.peer_done {
+                    return Err(SyncError::Protocol("done twice"));
+                }
+                round.peer_done = true;
+                Ok(())
+            }
+            Message::Resync => {
+                if self.role != Role::Initiator {
+                    return Err(SyncError::Protocol("resync sent to the responder"));
+                }
+                self.peer_wants_resync = true;
+                Ok(())
+            }
+            Message::Close(reason) => {
+                step.events.push(SyncEvent::PeerClosed { reason });
+                self.phase = Phase::Closed;
+                Ok(())
+            }
+        }
+    }
+
+    fn own_wants(&self) -> PeerWants {
+        let mut scopes = self.config.policy.scopes.clone();
+        scopes.sort();
+        scopes.dedup();
+        PeerWants {
+            carries_for_others: self.config.policy.carries_for_others,
+            scopes,
+        }
+    }
+
+    fn handle_hello<S: Store>(&mut self, hello: Hello, store: &mut S) -> Result<(), SyncError> {
+        if self.phase != Phase::AwaitHello {
+            return Err(SyncError::Protocol("second hello"));
+        }
+        if hello.version != PROTOCOL_VERSION {
+            return Err(SyncError::Version(hello.version));
+        }
+        let mut scopes = hello.scopes.into_inner();
+        scopes.sort();
+        scopes.dedup();
+        let peer = PeerWants {
+            carries_for_others: hello.carries_for_others,
+            scopes,
+        };
+        self.peer = Some(peer);
+        self.phase = Phase::Active;
+        let filter = self.filter();
+        match self.role {
+            Role::Responder => {
+                if !self.hello_sent {
+                    self.queue_hello(store, None)?;
+                }
+                match hello.open {
+                    // The initiator guessed the filter right: answer its round.
+                    Some(open) if own_filter(&self.peer_or_default()) == filter => {
+                        self.handle_open(open, store)?;
+                    }
+                    // Otherwise the initiator will see our hello and open another round.
+                    _ => {}
+                }
+            }
+            Role::Initiator => {
+                if hello.open.is_some() {
+                    return Err(SyncError::Protocol("responder opened a round"));
+                }
+                if self.assumed_filter.as_ref() != Some(&filter) {
+                    self.round = None;
+                    self.open_round(store)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn peer_or_default(&self) -> PeerWants {
+        self.peer.clone().unwrap_or_default()
+    }
+
+    /// Items both sides want: everything when both carry for others, otherwise the scopes
+    /// the non-carrying side wants.
+    fn filter(&self) -> ReconFilter {
+        let own = self.own_wants();
+        let peer = self.peer_or_default();
+        combine_filters(&own, &peer)
+    }
+
+    fn keys<S: Store>(store: &S, filter: &ReconFilter) -> Result<Vec<ReconKey>, StoreError> {
+        let mut keys = Vec::new();
+        store.for_each_recon_key(filter, &mut |k| keys.push(k))?;
+        Ok(keys)
+    }
+
+    fn recon_budget(&self) -> usize {
+        // Room left for a recon message inside a frame, after the message tag (and, for the
+        // first one, the hello/open wrapper: salt and tags).
+        self.config.mtu.saturating_sub(32)
+    }
+
+    fn new_salt(&mut self) -> Salt {
+        let mut salt = [0u8; 16];
+        self.rng.fill_bytes(&mut salt);
+        Salt(salt)
+    }
+
+    /// Initiator: builds the first hello, opening round 0 on the guess that the peer carries
+    /// what we carry.
+    fn queue_hello<S: Store>(&mut self, store: &S, open: Option<Open>) -> Result<(), SyncError> {
+        let own = self.own_wants();
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            carries_for_others: own.carries_for_others,
+            scopes: BoundedVec::new(own.scopes).map_err(SyncError::Codec)?,
+            open,
+        };
+        let _ = store;
+        self.control.push_back(Message::Hello(hello));
+        self.hello_sent = true;
+        Ok(())
+    }
+
+    fn start_round<S: Store>(
+        &mut self,
+        store: &S,
+        filter: &ReconFilter,
+    ) -> Result<Open, SyncError> {
+        let salt = self.new_salt();
+        let keys = Self::keys(store, filter)?;
+        let mut recon = Reconciler::summarizer(salt.clone(), keys, self.recon_budget());
+        let summary = recon
+            .poll_message()
+            .ok_or(SyncError::Protocol("reconciler produced no summary"))?;
+        let summary_len = wire::Message::Recon(summary.clone()).encoded_len() as u64;
+        self.round = Some(Round {
+            salt: salt.clone(),
+            recon,
+            equal: false,
+            outcome_handled: false,
+            sent_done: false,
+            peer_done: false,
+            recon_bytes_sent: summary_len,
+            items_sent: 0,
+            items_received: 0,
+        });
+        Ok(Open {
+            salt: salt.0,
+            summary,
+        })
+    }
+
+    fn open_round<S: Store>(&mut self, store: &S) -> Result<(), SyncError> {
+        let filter = self.filter();
+        let open = self.start_round(store, &filter)?;
+        self.store_changed = false;
+        self.peer_wants_resync = false;
+        self.control.push_back(Message::Open(open));
+        Ok(())
+    }
+
+    fn handle_open<S: Store>(&mut self, open: Open, store: &S) -> Result<(), SyncError> {
+        if self.role != Role::Responder {
+            return Err(SyncError::Protocol("only the initiator opens rounds"));
+        }
+        if self.round.is_some() {
+            return Err(SyncError::Protocol("round opened while one is running"));
+        }
+        let salt = Salt(open.salt);
+        let filter = self.filter();
+        let keys = Self::keys(store, &filter)?;
+        let mut recon = Reconciler::coder(salt.clone(), keys, self.recon_budget());
+        recon.handle_message(open.summary)?;
+        self.round = Some(Round {
+            salt,
+            recon,
+            equal: false,
+            outcome_handled: false,
+            sent_done: false,
+            peer_done: false,
+            recon_bytes_sent: 0,
+            items_sent: 0,
+            items_received: 0,
+        });
+        // A change noticed before this round began is covered by it.
+        self.store_changed = false;
+        Ok(())
+    }
+
+    fn handle_recon<S: Store>(&mut self, msg: ReconMessage, _store: &S) -> Result<(), SyncError> {
+        let round = self
+            .round
+            .as_mut()
+            .ok_or(SyncError::Protocol("reconciliation outside a round"))?;
+        if matches!(msg, ReconMessage::Equal) {
+            round.equal = true;
+        }
+        round.recon.handle_message(msg)?;
+        Ok(())
+    }
+
+    fn handle_chunk<S: Store>(
+        &mut self,
+        now: Timestamp,
+        chunk: Chunk,
+        store: &mut S,
+        step: &mut Step,
+    ) -> Result<(), SyncError> {
+        if self.round.is_none() {
+            return Err(SyncError::Protocol("chunk outside a round"));
+        }
+        let short = ShortId(u64::from_le_bytes(chunk.short));
+        let data = chunk.data.into_inner();
+        let end = chunk.offset as u64 + data.len() as u64;
+        if chunk.total_len as usize > MAX_ITEM_LEN || end > chunk.total_len as u64 {
+            return Err(SyncError::Protocol("chunk beyond the item's length"));
+        }
+        if chunk.total_len == 0 {
+            return Err(SyncError::Protocol("empty item"));
+        }
+        // The common case: a whole item in one chunk.
+        if chunk.offset == 0 && data.len() == chunk.total_len as usize {
+            self.incoming.remove(&short);
+            return self.accept_item(now, data, chunk.copies, chunk.id, store, step);
+        }
+        if !self.incoming.contains_key(&short) {
+            if self.incoming.len() >= MAX_INCOMING {
+                return Err(SyncError::Protocol("too many transfers at once"));
+            }
+            let mut incoming = Incoming {
+                id: chunk.id,
+                total_len: chunk.total_len,
+                copies: chunk.copies,
+                received: Vec::new(),
+            };
+            if let Some(id) = chunk.id {
+                if let Some(partial) = store.partial(&id)? {
+                    if partial.total_len == chunk.total_len
+                        && partial.received.len() > chunk.offset as usize
+                    {
+                        incoming.received = partial.received;
+                        self.control.push_back(Message::Resume {
+                            short: chunk.short,
+                            offset: incoming.received.len() as u32,
+                        });
+                    }
+                }
+            }
+            self.incoming.insert(short, incoming);
+        }
+        let Some(incoming) = self.incoming.get_mut(&short) else {
+            return Ok(());
+        };
+        if incoming.total_len != chunk.total_len {
+            return Err(SyncError::Protocol("chunk length disagrees with its transfer"));
+        }
+        if incoming.id.is_none() {
+            incoming.id = chunk.id;
+        }
+        let have = incoming.received.len() as u64;
+        if (chunk.offset as u64) <= have && end > have {
+            let skip = (have - chunk.offset as u64) as usize;
+            incoming.received.extend_from_slice(&data[skip..]);
+        }
+        if incoming.received.len() == incoming.total_len as usize {
+            let done = self.incoming.remove(&short);
+            if let Some(done) = done {
+                if let Some(id) = done.id {
+                    step.batch.push(WriteOp::RemovePartial(id));
+                }
+                self.accept_item(now, done.received, done.copies, done.id, store, step)?;
+            }
+        } else if let Some(id) = incoming.id {
+            step.batch.push(WriteOp::PutPartial(Partial {
+                id,
+                copies: incoming.copies,
+                total_len: incoming.total_len,
+                received: incoming.received.clone(),
+            }));
+        }
+        Ok(())
+    }
+
+    /// Validates a complete item and decides what it means for this node.
+    fn accept_item<S: Store>(
+        &mut self,
+        now: Timestamp,
+        encoded: Vec<u8>,
+        copies: u8,
+        claimed_id: Option<ItemId>,
+        store: &mut S,
+        step: &mut Step,
+    ) -> Result<(), SyncError> {
+        let item = Item::decode(&encoded)?;
+        let id = item.id();
+        if claimed_id.is_some_and(|claimed| claimed != id) {
+            return Err(SyncError::Protocol("item does not match its announced id"));
+        }
+        if let Some(round) = self.round.as_mut() {
+            round.items_received += 1;
+        }
+        let policy = &self.config.policy;
+        let now_secs = now.as_secs();
+        if step.contains(store, &id)? {
+            return Ok(());
+        }
+        let refuse = |step: &mut Step, reason| {
+            step.events.push(SyncEvent::ItemRefused { id, reason });
+            Ok(())
+        };
+        if policy.is_expired(item.expires_at_secs(), now_secs) {
+            return refuse(step, RefusedBecause::Expired);
+        }
+        if policy.is_from_future(item.created_at_secs(), now_secs) {
+            return refuse(step, RefusedBecause::FromTheFuture);
+        }
+        if store.tombstone_for(&id)?.is_some() {
+            return refuse(step, RefusedBecause::Tombstoned);
+        }
+        let bytes = encoded.len();
+        match item {
+            Item::Envelope(envelope) if policy.is_destination(&envelope.scope) => {
+                // Ours: into the inbox, and an anti-packet so carriers purge their copies.
+                let tombstone = Item::Tombstone(Tombstone::for_envelope(&envelope));
+                let tomb_encoded = tombstone.encode();
+                let tomb_id = tombstone.id();
+                step.batch.push(WriteOp::PutInbox(InboxEntry {
+                    id,
+                    received_at: now,
+                    encoded,
+                }));
+                if !step.contains(store, &tomb_id)? {
+                    step.put(StoredItem {
+                        id: tomb_id,
+                        meta: meta_for(&tombstone, now, tomb_encoded.len(), 1, Origin::Local),
+                        encoded: tomb_encoded,
+                    });
+                }
+                step.events.push(SyncEvent::Delivered { id });
+                // Our own copy must not be carried on (it is delivered).
+                self.store_changed = true;
+            }
+            Item::Tombstone(ref tombstone) => {
+                if let Some(target) = step.remove(store, tombstone.target)? {
+                    if target.origin == Origin::Local {
+                        step.events.push(SyncEvent::ReceiptForOwn {
+                            id: tombstone.target,
+                        });
+                    }
+                }
+                step.batch.push(WriteOp::RemovePartial(tombstone.target));
+                step.put(StoredItem {
+                    id,
+                    meta: meta_for(&item, now, bytes, 1, Origin::Remote),
+                    encoded,
+                });
+                step.events.push(SyncEvent::ItemStored {
+                    id,
+                    kind: ItemKind::Tombstone {
+                        target: tombstone.target,
+                    },
+                    bytes,
+                });
+            }
+            Item::Envelope(_) => {
+                if !step.make_room(store, policy, bytes as u64, false)? {
+                    return refuse(step, RefusedBecause::NoRoom);
+                }
+                let copies = policy::accepted_copies(policy, copies, Origin::Remote);
+                step.put(StoredItem {
+                    id,
+                    meta: meta_for(&item, now, bytes, copies, Origin::Remote),
+                    encoded,
+                });
+                step.events.push(SyncEvent::ItemStored {
+                    id,
+                    kind: ItemKind::Envelope,
+                    bytes,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the round forward after input: collects reconciliation output, turns a finished
+    /// reconciliation into transfers, finishes rounds and opens new ones.
+    fn after_progress<S: Store>(&mut self, store: &mut S) -> Result<(), SyncError> {
+        if self.phase != Phase::Active {
+            return Ok(());
+        }
+        if let Some(round) = self.round.as_mut() {
+            while let Some(msg) = round.recon.poll_message() {
+                if matches!(msg, ReconMessage::Equal) {
+                    round.equal = true;
+                }
+                let m = Message::Recon(msg);
+                round.recon_bytes_sent += m.encoded_len() as u64;
+                self.control.push_back(m);
+            }
+        }
+        let ready = self
+            .round
+            .as_ref()
+            .is_some_and(|r| !r.outcome_handled && r.recon.outcome().is_some());
+        if ready {
+            self.plan_transfers(store)?;
+        }
+        self.maybe_finish_round(store)
+    }
+
+    /// Reconciliation is over: queue what the peer lacks and our policy lets it have, and
+    /// offer to resume transfers a cut meeting left half done.
+    fn plan_transfers<S: Store>(&mut self, store: &S) -> Result<(), SyncError> {
+        let Some(round) = self.round.as_mut() else {
+            return Ok(());
+        };
+        round.outcome_handled = true;
+        let Some(outcome) = round.recon.outcome() else {
+            return Ok(());
+        };
+        let peer = self.peer.clone().unwrap_or_default();
+        let salt = round.salt.clone();
+        let remote_lacks: Vec<ReconKey> = outcome.remote_lacks.clone();
+        let local_lacks: HashSet<ShortId> = outcome.local_lacks.iter().copied().collect();
+        for key in remote_lacks {
+            let Some(id) = store.resolve(key)? else { continue };
+            let Some(meta) = store.meta(&id)? else { continue };
+            let Some(handover) = policy::handover(&meta, &peer) else {
+                continue;
+            };
+            let class = match meta.kind {
+                ItemKind::Tombstone { .. } => 0,
+                ItemKind::Envelope => 1 + meta.priority as u8,
+            };
+            self.send_queue.insert(
+                (class, meta.created_at_secs, id),
+                Outgoing {
+                    id,
+                    short: salt.short_id(key),
+                    grant: handover.grant,
+                    keep: handover.keep,
+                    held: meta.copies,
+                    offset: 0,
+                    started: false,
+                    encoded: None,
+                },
+            );
+        }
+        if !local_lacks.is_empty() {
+            for id in store.partial_ids(MAX_RESUMABLE)? {
+                let short = salt.short_id(recon_key(&id));
+                if !local_lacks.contains(&short) {
+                    continue;
+                }
+                if let Some(partial) = store.partial(&id)? {
+                    let offset = partial.received.len() as u32;
+                    self.incoming.insert(
+                        short,
+                        Incoming {
+                            id: Some(id),
+                            total_len: partial.total_len,
+                            copies: partial.copies,
+                            received: partial.received,
+                        },
+                    );
+                    self.control.push_back(Message::Resume {
+                        short: short.0.to_le_bytes(),
+                        offset,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn maybe_finish_round<S: Store>(&mut self, store: &mut S) -> Result<(), SyncError> {
+        let Some(round) = self.round.as_mut() else {
+            return self.maybe_start_round(store);
+        };
+        if !round.outcome_handled {
+            return Ok(());
+        }
+        if !round.equal {
+            if !round.sent_done && self.send_queue.is_empty() {
+                round.sent_done = true;
+                self.control.push_back(Message::Done);
+            }
+            if !(round.sent_done && round.peer_done) {
+                return Ok(());
+            }
+        }
+        let event = SyncEvent::RoundComplete {
+            recon_bytes_sent: round.recon_bytes_sent,
+            items_sent: round.items_sent,
+            items_received: round.items_received,
+        };
+        self.events.push_back(event);
+        self.round = None;
+        self.incoming.clear();
+        self.maybe_start_round(store)
+    }
+
+    fn maybe_start_round<S: Store>(&mut self, store: &mut S) -> Result<(), SyncError> {
+        if self.phase != Phase::Active || self.round.is_some() {
+            return Ok(());
+        }
+        match self.role {
+            Role::Initiator if self.store_changed || self.peer_wants_resync => {
+                self.open_round(store)
+            }
+            Role::Responder if self.store_changed => {
+                self.store_changed = false;
+                self.control.push_back(Message::Resync);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The next frame to send, if any. May commit (copies handed out with an item).
+    pub fn poll_transmit<S: Store>(
+        &mut self,
+        now: Timestamp,
+        store: &mut S,
+    ) -> Result<Option<Vec<u8>>, SyncError> {
+        let _ = now;
+        if self.phase == Phase::Closed {
+            // A queued Close still goes out.
+            return Ok(self.control.pop_front().map(|m| {
+                let mut frame = Vec::new();
+                wire::encode_into(&m, &mut frame);
+                frame
+            }));
+        }
+        if self.role == Role::Initiator && !self.hello_sent {
+            let own = own_filter(&self.own_wants());
+            let open = self.start_round(store, &own)?;
+            self.assumed_filter = Some(own);
+            self.queue_hello(store, Some(open))?;
+        }
+        if self.phase == Phase::Active {
+            self.maybe_finish_round(store)?;
+        }
+        let mtu = self.config.mtu;
+        let mut frame = Vec::with_capacity(mtu.min(4096));
+        // Control first: hello, reconciliation, resumes, done.
+        while let Some(msg) = self.control.front() {
+            if frame.len() + msg.encoded_len() > mtu {
+                break;
+            }
+            if let Some(msg) = self.control.pop_front() {
+                let is_done = matches!(msg, Message::Done);
+                wire::encode_into(&msg, &mut frame);
+                if is_done {
+                    // Nothing may follow our Done in this round.
+                    return Ok(Some(frame));
+                }
+            }
+        }
+        if !self.control.is_empty() && frame.is_empty() {
+            return Err(SyncError::Protocol("control message larger than the MTU"));
+        }
+        let mut step = Step::default();
+        if self.control.is_empty() {
+            self.fill_chunks(store, &mut frame, &mut step)?;
+        }
+        if !step.batch.is_empty() {
+            store.commit(step.batch)?;
+        }
+        self.events.extend(step.events);
+        // A finished send queue may complete the round: Done goes in the next frame.
+        if self.phase == Phase::Active && self.round.is_some() {
+            self.maybe_finish_round(store)?;
+        }
+        if frame.is_empty() {
+            return Ok(self.control.pop_front().map(|m| {
+                let mut f = Vec::new();
+                wire::encode_into(&m, &mut f);
+                f
+            }));
+        }
+        Ok(Some(frame))
+    }
+
+    fn fill_chunks<S: Store>(
+        &mut self,
+        store: &S,
+        frame: &mut Vec<u8>,
+        step: &mut Step,
+    ) -> Result<(), SyncError> {
+        let mtu = self.config.mtu;
+        loop {
+            let room = mtu.saturating_sub(frame.len());
+            if room <= CHUNK_OVERHEAD_MAX {
+                return Ok(());
+            }
+            let Some(mut entry) = self.send_queue.first_entry() else {
+                return Ok(());
+            };
+            let out = entry.get_mut();
+            if out.encoded.is_none() {
+                match store.get(&out.id)? {
+                    Some(item) => out.encoded = Some(item.encoded),
+                    None => {
+                        // Purged (a tombstone arrived) or evicted since it was queued.
+                        entry.remove();
+                        continue;
+                    }
+                }
+            }
+            let Some(encoded) = out.encoded.as_ref() else {
+                entry.remove();
+                continue;
+            };
+            let total = encoded.len();
+            let offset = (out.offset as usize).min(total);
+            let mut chunk = Chunk {
+                short: out.short.0.to_le_bytes(),
+                copies: out.grant,
+                total_len: total as u32,
+                offset: offset as u32,
+                id: None,
+                data: BoundedBytes::default(),
+            };
+            // The header as it will be encoded, plus the data's own length prefix (a varint
+            // of at most 3 bytes for anything up to the MTU).
+            let header = Message::Chunk(chunk.clone()).encoded_len() + 2;
+            let whole_fits = offset == 0 && header + total <= room;
+            if !whole_fits && !out.started {
+                // A transfer that spans frames names the item, so a cut can be resumed.
+                chunk.id = Some(out.id);
+            }
+            let header = Message::Chunk(chunk.clone()).encoded_len() + 2;
+            if room <= header {
+                return Ok(());
+            }
+            let take = (room - header).min(total - offset);
+            chunk.data = BoundedBytes::new(encoded[offset..offset + take].to_vec())
+                .map_err(SyncError::Codec)?;
+            if !out.started {
+                out.started = true;
+                if out.keep != out.held {
+                    step.batch.push(WriteOp::SetCopies(out.id, out.keep));
+                }
+            }
+            wire::encode_into(&Message::Chunk(chunk), frame);
+            out.offset = (offset + take) as u32;
+            if out.offset as usize >= total {
+                let id = out.id;
+                entry.remove();
+                step.events.push(SyncEvent::ItemSent { id, bytes: total });
+                if let Some(round) = self.round.as_mut() {
+                    round.items_sent += 1;
+                }
+            } else {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The filter a side would use if its peer carried everything.
+fn own_filter(own: &PeerWants) -> ReconFilter {
+    if own.carries_for_others {
+        ReconFilter::All
+    } else {
+        ReconFilter::Scopes(own.scopes.clone())
+    }
+}
+
+/// Items both sides want. Both sides compute this from the two hellos and get the same.
+pub fn combine_filters(a: &PeerWants, b: &PeerWants) -> ReconFilter {
+    match (a.carries_for_others, b.carries_for_others) {
+        (true, true) => ReconFilter::All,
+        (true, false) => ReconFilter::Scopes(b.scopes.clone()),
+        (false, true) => ReconFilter::Scopes(a.scopes.clone()),
+        (false, false) => ReconFilter::Scopes(
+            a.scopes
+                .iter()
+                .filter(|s| b.scopes.binary_search(s).is_ok())
+                .copied()
+                .collect::<Vec<ScopeTag>>(),
+        ),
+    }
+}
+
+fn meta_for(item: &Item, now: Timestamp, len: usize, copies: u8, origin: Origin) -> ItemMeta {
+    ItemMeta {
+        kind: item.kind(),
+        priority: item.priority(),
+        scope: item.scope(),
+        expires_at_secs: item.expires_at_secs(),
+        created_at_secs: item.created_at_secs(),
+        stored_at: now,
+        len: len as u32,
+        copies,
+        origin,
+    }
+}

@@ -1,0 +1,4 @@
+//! `cairn-bench` subcommands. Each prints one JSON object on stdout.
+
+pub mod reconcile;
+pub mod store;

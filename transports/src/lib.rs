@@ -1,0 +1,6 @@
+//! # cairn-transports: links that carry Cairn frames
+//!
+//! Will hold the link layer for every bearer (LAN TCP with mDNS discovery, BLE, serial, and
+//! in-memory links for tests) and the Noise session that secures any of them. Nothing is
+//! implemented yet: the sync core (`cairn-sync`) is written against "an ordered channel of
+//! frames of at most MTU bytes", which every link here will provide.
