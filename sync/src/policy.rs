@@ -183,8 +183,28 @@ mod tests {
             carries_for_others: false,
             scopes: vec![ScopeTag([2; 8])],
         };
-        assert!(handover(&meta(ItemKind::Tombstone { target: ItemId([0; 32]) }, 2, 1), &phone).is_some());
-        assert!(handover(&meta(ItemKind::Tombstone { target: ItemId([0; 32]) }, 3, 1), &phone).is_none());
+        assert!(handover(
+            &meta(
+                ItemKind::Tombstone {
+                    target: ItemId([0; 32])
+                },
+                2,
+                1
+            ),
+            &phone
+        )
+        .is_some());
+        assert!(handover(
+            &meta(
+                ItemKind::Tombstone {
+                    target: ItemId([0; 32])
+                },
+                3,
+                1
+            ),
+            &phone
+        )
+        .is_none());
         assert!(handover(&meta(ItemKind::Envelope, 3, 8), &phone).is_none());
     }
 

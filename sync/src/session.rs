@@ -164,7 +164,8 @@ pub fn originate<S: Store>(
     if !step.make_room(store, policy, meta.len as u64, true)? {
         return Err(SyncError::Store(StoreError::Full));
     }
-    step.batch.push(WriteOp::PutItem(StoredItem { id, meta, encoded }));
+    step.batch
+        .push(WriteOp::PutItem(StoredItem { id, meta, encoded }));
     store.commit(step.batch)?;
     Ok(id)
 }
@@ -259,7 +260,9 @@ impl Step {
                 if self.removed.contains(id) || self.added.contains(id) {
                     continue;
                 }
-                let Some(meta) = store.meta(id)? else { continue };
+                let Some(meta) = store.meta(id)? else {
+                    continue;
+                };
                 if meta.origin == Origin::Local && !for_local {
                     // Own undelivered messages are the last thing we give up, and never for
                     // someone else's.
@@ -662,13 +665,13 @@ impl SyncSession {
     ) -> Result<Open, SyncError> {
         let salt = self.new_salt();
         let keys = Self::keys(store, filter)?;
-        let mut recon = Reconciler::summarizer(salt.clone(), keys, self.recon_budget());
+        let mut recon = Reconciler::summarizer(salt, keys, self.recon_budget());
         let summary = recon
             .poll_message()
             .ok_or(SyncError::Protocol("reconciler produced no summary"))?;
         let summary_len = wire::Message::Recon(summary.clone()).encoded_len() as u64;
         self.round = Some(Round {
-            salt: salt.clone(),
+            salt,
             recon,
             equal: false,
             outcome_handled: false,
@@ -703,7 +706,7 @@ impl SyncSession {
         let salt = Salt(open.salt);
         let filter = self.filter();
         let keys = Self::keys(store, &filter)?;
-        let mut recon = Reconciler::coder(salt.clone(), keys, self.recon_budget());
+        let mut recon = Reconciler::coder(salt, keys, self.recon_budget());
         recon.handle_message(open.summary)?;
         self.round = Some(Round {
             salt,
@@ -786,7 +789,9 @@ impl SyncSession {
             return Ok(());
         };
         if incoming.total_len != chunk.total_len {
-            return Err(SyncError::Protocol("chunk length disagrees with its transfer"));
+            return Err(SyncError::Protocol(
+                "chunk length disagrees with its transfer",
+            ));
         }
         if incoming.id.is_none() {
             incoming.id = chunk.id;
@@ -953,12 +958,16 @@ impl SyncSession {
             return Ok(());
         };
         let peer = self.peer.clone().unwrap_or_default();
-        let salt = round.salt.clone();
+        let salt = round.salt;
         let remote_lacks: Vec<ReconKey> = outcome.remote_lacks.clone();
         let local_lacks: HashSet<ShortId> = outcome.local_lacks.iter().copied().collect();
         for key in remote_lacks {
-            let Some(id) = store.resolve(key)? else { continue };
-            let Some(meta) = store.meta(&id)? else { continue };
+            let Some(id) = store.resolve(key)? else {
+                continue;
+            };
+            let Some(meta) = store.meta(&id)? else {
+                continue;
+            };
             let Some(handover) = policy::handover(&meta, &peer) else {
                 continue;
             };

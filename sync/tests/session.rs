@@ -1,6 +1,8 @@
 //! Two real sync engines driven against each other in memory (quinn's `Pair`): convergence,
 //! cuts at every point, delivery and receipts, hostile frames.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
+
 use std::collections::{BTreeSet, HashMap};
 
 use cairn_sync::envelope::{Envelope, Item, ItemId, Priority, ScopeTag};
@@ -192,15 +194,21 @@ fn message_reaches_recipient_through_a_carrier_and_the_receipt_comes_back() {
     assert_eq!(bob.delivered(), vec![id], "delivered exactly once");
     let inbox = bob.store.inbox(10).unwrap();
     assert_eq!(inbox.len(), 1);
-    assert_eq!(Item::decode(&inbox[0].encoded).unwrap(), Item::Envelope(msg));
-    assert!(!carrier.ids().contains(&id), "the receipt purged the carrier's copy");
+    assert_eq!(
+        Item::decode(&inbox[0].encoded).unwrap(),
+        Item::Envelope(msg)
+    );
+    assert!(
+        !carrier.ids().contains(&id),
+        "the receipt purged the carrier's copy"
+    );
 
     drive(&mut carrier, &mut alice, 200, now(), usize::MAX);
-    assert!(alice
-        .events
-        .iter()
-        .any(|e| *e == SyncEvent::ReceiptForOwn { id }));
-    assert!(!alice.ids().contains(&id), "sender forgets a delivered message");
+    assert!(alice.events.contains(&SyncEvent::ReceiptForOwn { id }));
+    assert!(
+        !alice.ids().contains(&id),
+        "sender forgets a delivered message"
+    );
 
     // Meeting Bob again changes nothing: no second delivery.
     drive(&mut carrier, &mut bob, 200, now(), usize::MAX);
@@ -215,7 +223,11 @@ fn a_cut_at_every_point_resumes_without_loss_or_duplicates() {
         let mut a = Node::new(1);
         let mut b = Node::new(2);
         for n in 0..12 {
-            let e = envelope(n, if n % 4 == 0 { 2 } else { 9 }, [60, 700, 2500][n as usize % 3]);
+            let e = envelope(
+                n,
+                if n % 4 == 0 { 2 } else { 9 },
+                [60, 700, 2500][n as usize % 3],
+            );
             if n % 2 == 0 {
                 a.send(&e, now());
             } else {
@@ -241,7 +253,11 @@ fn a_cut_at_every_point_resumes_without_loss_or_duplicates() {
         assert_eq!(b.ids(), expected_b, "cut at {cut}");
         let delivered = b.delivered();
         let unique: BTreeSet<_> = delivered.iter().copied().collect();
-        assert_eq!(unique.len(), delivered.len(), "cut at {cut}: duplicate delivery");
+        assert_eq!(
+            unique.len(),
+            delivered.len(),
+            "cut at {cut}: duplicate delivery"
+        );
         assert_eq!(unique, expected_delivered, "cut at {cut}");
         assert!(
             resumed.bytes <= full.bytes + 400,
