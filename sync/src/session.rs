@@ -388,6 +388,32 @@ impl SyncSession {
         })
     }
 
+    /// One line on where the session stands, for logs and diagnostics.
+    pub fn describe(&self) -> String {
+        let round = match &self.round {
+            None => "no round".to_string(),
+            Some(r) => format!(
+                "round(equal={}, outcome={}, handled={}, sent_done={}, peer_done={}, failed={})",
+                r.equal,
+                r.recon.outcome().is_some(),
+                r.outcome_handled,
+                r.sent_done,
+                r.peer_done,
+                r.recon.has_failed()
+            ),
+        };
+        format!(
+            "{:?} {:?} {round}, {} control queued, {} items queued, {} incoming, changed={}, resync={}",
+            self.role,
+            self.phase,
+            self.control.len(),
+            self.send_queue.len(),
+            self.incoming.len(),
+            self.store_changed,
+            self.peer_wants_resync
+        )
+    }
+
     pub fn role(&self) -> Role {
         self.role
     }
@@ -971,6 +997,18 @@ impl SyncSession {
             let Some(handover) = policy::handover(&meta, &peer) else {
                 continue;
             };
+            if meta.kind == ItemKind::Envelope && !local_lacks.is_empty() {
+                // The peer may hold this envelope's receipt (we lack it, so it is among the
+                // short ids we asked for): sending the envelope would only be refused.
+                let receipt = Item::Tombstone(Tombstone {
+                    target: id,
+                    scope: meta.scope,
+                    expires_at_secs: meta.expires_at_secs,
+                });
+                if local_lacks.contains(&salt.short_id(recon_key(&receipt.id()))) {
+                    continue;
+                }
+            }
             let class = match meta.kind {
                 ItemKind::Tombstone { .. } => 0,
                 ItemKind::Envelope => 1 + meta.priority as u8,
@@ -1066,7 +1104,6 @@ impl SyncSession {
         now: Timestamp,
         store: &mut S,
     ) -> Result<Option<Vec<u8>>, SyncError> {
-        let _ = now;
         if self.phase == Phase::Closed {
             // A queued Close still goes out.
             return Ok(self.control.pop_front().map(|m| {
@@ -1082,7 +1119,12 @@ impl SyncSession {
             self.queue_hello(store, Some(open))?;
         }
         if self.phase == Phase::Active {
+            let had_round = self.round.is_some();
             self.maybe_finish_round(store)?;
+            if !had_round && self.round.is_some() {
+                // A round opened after an idle spell: the peer owes us nothing older.
+                self.last_heard = now;
+            }
         }
         let mtu = self.config.mtu;
         let mut frame = Vec::with_capacity(mtu.min(4096));

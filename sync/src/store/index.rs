@@ -620,8 +620,10 @@ mod tests {
             merge_floor in 0usize..8,
             ops in proptest::collection::vec((any::<bool>(), any::<u8>(), any::<u64>()), 0..4000),
         ) {
-            let mut map = ReconMap::default();
-            map.merge_floor = merge_floor;
+            let mut map = ReconMap {
+                merge_floor,
+                ..ReconMap::default()
+            };
             let mut model = BTreeMap::new();
             for (insert, k, v) in ops {
                 let k = u128::from(k);

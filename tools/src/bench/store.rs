@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
-use cairn_sync::envelope::{Envelope, Item, Priority, ScopeTag};
+use cairn_sync::envelope::{Envelope, Item, ItemId, Priority, ScopeTag};
 use cairn_sync::store::{
     ItemMeta, LmdbConfig, LmdbStore, Origin, Store, StoredItem, WriteBatch, WriteOp,
 };
@@ -84,17 +84,34 @@ fn config(n: u64) -> LmdbConfig {
     config
 }
 
+/// Ids kept from the ingest to look up after the reopen.
+const SAMPLED_IDS: u64 = 1000;
+
 /// Ingests envelopes `0..n` in commits of `batch`; returns the seconds spent building
-/// (encode + hash) and committing, excluding random body generation.
-fn ingest(store: &mut LmdbStore, n: u64, batch: u64, seed: u64) -> anyhow::Result<f64> {
+/// (encode + hash) and committing, and the ids of about [`SAMPLED_IDS`] envelopes spread
+/// over the run.
+fn ingest(
+    store: &mut LmdbStore,
+    n: u64,
+    batch: u64,
+    seed: u64,
+) -> anyhow::Result<(f64, Vec<ItemId>)> {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let sample_every = (n / SAMPLED_IDS).max(1);
+    let mut sampled = Vec::new();
     let mut elapsed = 0.0;
     let mut next = 0;
     while next < n {
         let end = (next + batch).min(n);
         let started = Instant::now();
         let ops = (next..end)
-            .map(|i| WriteOp::PutItem(envelope(i, &mut rng)))
+            .map(|i| {
+                let item = envelope(i, &mut rng);
+                if i % sample_every == 0 {
+                    sampled.push(item.id);
+                }
+                WriteOp::PutItem(item)
+            })
             .collect();
         store
             .commit(WriteBatch { ops })
@@ -102,7 +119,7 @@ fn ingest(store: &mut LmdbStore, n: u64, batch: u64, seed: u64) -> anyhow::Resul
         elapsed += started.elapsed().as_secs_f64();
         next = end;
     }
-    Ok(elapsed)
+    Ok((elapsed, sampled))
 }
 
 fn open(path: &Path, n: u64) -> anyhow::Result<LmdbStore> {
@@ -124,13 +141,13 @@ pub fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let unbatched_dir = tempdir.path().join("unbatched");
     let unbatched_s = {
         let mut store = open(&unbatched_dir, unbatched_n)?;
-        ingest(&mut store, unbatched_n, 1, args.seed)?
+        ingest(&mut store, unbatched_n, 1, args.seed)?.0
     };
     std::fs::remove_dir_all(&unbatched_dir).ok();
 
     let path = tempdir.path().join("batched");
     let mut store = open(&path, args.n)?;
-    let ingest_s = ingest(&mut store, args.n, args.batch, args.seed)?;
+    let (ingest_s, sampled) = ingest(&mut store, args.n, args.batch, args.seed)?;
     let usage = store.usage()?;
     anyhow::ensure!(
         usage.items == args.n,
@@ -148,6 +165,16 @@ pub fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let reopen_ms = started.elapsed().as_secs_f64() * 1000.0;
     anyhow::ensure!(store.usage()? == usage, "usage changed across reopen");
     let index_bytes_reopened = store.recon_index_bytes();
+    // Every offered id is looked up (`contains`) during a sync: what one costs at this size,
+    // and a check that the reopened store finds what was ingested.
+    let started = Instant::now();
+    for id in &sampled {
+        anyhow::ensure!(
+            store.contains(id)?,
+            "an ingested envelope is missing after reopen"
+        );
+    }
+    let contains_us = started.elapsed().as_secs_f64() * 1e6 / sampled.len().max(1) as f64;
     drop(store);
 
     let n = args.n as f64;
@@ -169,6 +196,7 @@ pub fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         "index_bytes_per_msg": index_bytes as f64 / n,
         "index_bytes_per_msg_after_reopen": index_bytes_reopened as f64 / n,
         "reopen_ms": reopen_ms,
+        "contains_us": contains_us,
         "disk_bytes": disk_bytes,
         "disk_bytes_per_msg": disk_bytes as f64 / n,
         "map_bytes": map_bytes,
@@ -208,6 +236,7 @@ mod tests {
             "envelopes_per_s",
             "index_bytes_per_msg",
             "reopen_ms",
+            "contains_us",
             "disk_bytes_per_msg",
             "envelopes_per_s_unbatched",
             "ratio",

@@ -3,7 +3,10 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "cairn-bench", about = "Measure Cairn's protocol cores; prints one JSON object")]
+#[command(
+    name = "cairn-bench",
+    about = "Measure Cairn's protocol cores; prints one JSON object"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
