@@ -335,6 +335,22 @@ struct Round {
     items_received: u32,
 }
 
+impl Round {
+    fn new(salt: Salt, recon: Reconciler) -> Self {
+        Round {
+            salt,
+            recon,
+            equal: false,
+            outcome_handled: false,
+            sent_done: false,
+            peer_done: false,
+            recon_bytes_sent: 0,
+            items_sent: 0,
+            items_received: 0,
+        }
+    }
+}
+
 /// One side of a sync session with one peer.
 #[derive(Debug)]
 pub struct SyncSession {
@@ -696,17 +712,9 @@ impl SyncSession {
             .poll_message()
             .ok_or(SyncError::Protocol("reconciler produced no summary"))?;
         let summary_len = wire::Message::Recon(summary.clone()).encoded_len() as u64;
-        self.round = Some(Round {
-            salt,
-            recon,
-            equal: false,
-            outcome_handled: false,
-            sent_done: false,
-            peer_done: false,
-            recon_bytes_sent: summary_len,
-            items_sent: 0,
-            items_received: 0,
-        });
+        let mut round = Round::new(salt, recon);
+        round.recon_bytes_sent = summary_len;
+        self.round = Some(round);
         Ok(Open {
             salt: salt.0,
             summary,
@@ -734,17 +742,7 @@ impl SyncSession {
         let keys = Self::keys(store, &filter)?;
         let mut recon = Reconciler::coder(salt, keys, self.recon_budget());
         recon.handle_message(open.summary)?;
-        self.round = Some(Round {
-            salt,
-            recon,
-            equal: false,
-            outcome_handled: false,
-            sent_done: false,
-            peer_done: false,
-            recon_bytes_sent: 0,
-            items_sent: 0,
-            items_received: 0,
-        });
+        self.round = Some(Round::new(salt, recon));
         // A change noticed before this round began is covered by it.
         self.store_changed = false;
         Ok(())

@@ -90,22 +90,7 @@ struct Run {
 /// have moved (a cut), or something fails. Frames alternate direction as a half-duplex link
 /// would; the channel is ordered and lossless.
 fn drive(a: &mut Node, b: &mut Node, mtu: usize, now: Timestamp, max_frames: usize) -> Run {
-    let mut sa = SyncSession::new(
-        SessionConfig::new(mtu, a.policy.clone()),
-        Role::Initiator,
-        b"b".to_vec(),
-        1,
-        now,
-    )
-    .unwrap();
-    let mut sb = SyncSession::new(
-        SessionConfig::new(mtu, b.policy.clone()),
-        Role::Responder,
-        b"a".to_vec(),
-        2,
-        now,
-    )
-    .unwrap();
+    let (mut sa, mut sb) = sessions(a, b, mtu);
     let mut run = Run::default();
     loop {
         let mut moved = false;
@@ -325,7 +310,29 @@ fn spray_and_wait_hands_out_half_the_copies() {
     assert_eq!(dest.delivered(), vec![id]);
 }
 
-fn frames_of_a_sync(mtu: usize) -> Vec<(u8, Vec<u8>)> {
+/// A fresh initiator/responder pair of sessions between `a` and `b`.
+fn sessions(a: &Node, b: &Node, mtu: usize) -> (SyncSession, SyncSession) {
+    let sa = SyncSession::new(
+        SessionConfig::new(mtu, a.policy.clone()),
+        Role::Initiator,
+        b"b".to_vec(),
+        1,
+        now(),
+    )
+    .unwrap();
+    let sb = SyncSession::new(
+        SessionConfig::new(mtu, b.policy.clone()),
+        Role::Responder,
+        b"a".to_vec(),
+        2,
+        now(),
+    )
+    .unwrap();
+    (sa, sb)
+}
+
+/// Two nodes holding 10 envelopes each, none in common: the sync that frame tests record.
+fn recorded_nodes() -> (Node, Node) {
     let mut a = Node::new(1);
     let mut b = Node::new(2);
     for n in 0..20 {
@@ -336,22 +343,12 @@ fn frames_of_a_sync(mtu: usize) -> Vec<(u8, Vec<u8>)> {
             b.send(&e, now());
         }
     }
-    let mut sa = SyncSession::new(
-        SessionConfig::new(mtu, a.policy.clone()),
-        Role::Initiator,
-        vec![],
-        1,
-        now(),
-    )
-    .unwrap();
-    let mut sb = SyncSession::new(
-        SessionConfig::new(mtu, b.policy.clone()),
-        Role::Responder,
-        vec![],
-        2,
-        now(),
-    )
-    .unwrap();
+    (a, b)
+}
+
+fn frames_of_a_sync(mtu: usize) -> Vec<(u8, Vec<u8>)> {
+    let (mut a, mut b) = recorded_nodes();
+    let (mut sa, mut sb) = sessions(&a, &b, mtu);
     let mut frames = Vec::new();
     loop {
         let mut moved = false;
@@ -375,32 +372,8 @@ fn frames_of_a_sync(mtu: usize) -> Vec<(u8, Vec<u8>)> {
 /// whether every frame was accepted, and checks that nothing foreign entered the stores.
 fn replay(frames: &[(u8, Vec<u8>)], mtu: usize) -> bool {
     let legit: BTreeSet<ItemId> = (0..20).map(|n| envelope(n, 9, 300).id()).collect();
-    let mut a = Node::new(1);
-    let mut b = Node::new(2);
-    for n in 0..20 {
-        let e = envelope(n, 9, 300);
-        if n % 2 == 0 {
-            a.send(&e, now());
-        } else {
-            b.send(&e, now());
-        }
-    }
-    let mut sa = SyncSession::new(
-        SessionConfig::new(mtu, a.policy.clone()),
-        Role::Initiator,
-        vec![],
-        1,
-        now(),
-    )
-    .unwrap();
-    let mut sb = SyncSession::new(
-        SessionConfig::new(mtu, b.policy.clone()),
-        Role::Responder,
-        vec![],
-        2,
-        now(),
-    )
-    .unwrap();
+    let (mut a, mut b) = recorded_nodes();
+    let (mut sa, mut sb) = sessions(&a, &b, mtu);
     // Let the initiator emit its hello so its state matches the recording.
     let _ = sa.poll_transmit(now(), &mut a.store);
     let mut ok = true;
