@@ -161,7 +161,7 @@ pub fn originate<S: Store>(
         origin: Origin::Local,
     };
     let mut step = Step::default();
-    if !step.make_room(store, policy, meta.len as u64, true)? {
+    if !step.make_room(store, policy, now, meta.len as u64, true)? {
         return Err(SyncError::Store(StoreError::Full));
     }
     step.batch
@@ -237,26 +237,44 @@ impl Step {
         self.batch.push(WriteOp::PutItem(item));
     }
 
-    /// Evicts others' items (never our own) until `len` more bytes fit the quota.
+    /// Frees room for `len` more bytes: expired items first, then others' items in the
+    /// store's eviction order (lowest priority, then oldest). This device's own items go only
+    /// to make room for another of its own (`for_local`). Returns whether it fits.
     fn make_room<S: Store>(
         &mut self,
         store: &S,
         policy: &NodePolicy,
+        now: Timestamp,
         len: u64,
         for_local: bool,
     ) -> Result<bool, StoreError> {
-        let used = |s: &Step, store: &S| -> Result<u64, StoreError> {
-            Ok((store.usage()?.bytes as i64 + s.usage_delta).max(0) as u64)
+        let fits = |s: &Step| -> Result<bool, StoreError> {
+            let used = (store.usage()?.bytes as i64 + s.usage_delta).max(0) as u64;
+            Ok(used.saturating_add(len) <= policy.quota_bytes)
         };
         if len > policy.quota_bytes {
             return Ok(false);
         }
-        let mut skip = 0;
-        while used(self, store)? + len > policy.quota_bytes {
-            let candidates = store.eviction_order(skip + EVICTION_BATCH)?;
-            let mut progressed = false;
-            for id in candidates.iter().skip(skip) {
-                skip += 1;
+        if fits(self)? {
+            return Ok(true);
+        }
+        let cutoff = now
+            .as_secs()
+            .saturating_sub(policy.clock_skew_tolerance_secs);
+        for id in store.expired(cutoff, EVICTION_BATCH)? {
+            self.remove(store, id)?;
+            if fits(self)? {
+                return Ok(true);
+            }
+        }
+        // Candidates already seen; the store's order does not change within a step (our
+        // removals are not committed yet), so each fetch continues where the last stopped.
+        let mut seen = 0;
+        loop {
+            let wanted = seen + EVICTION_BATCH;
+            let candidates = store.eviction_order(wanted)?;
+            let exhausted = candidates.len() < wanted;
+            for id in candidates.iter().skip(seen) {
                 if self.removed.contains(id) || self.added.contains(id) {
                     continue;
                 }
@@ -269,19 +287,15 @@ impl Step {
                     return Ok(false);
                 }
                 self.remove(store, *id)?;
-                progressed = true;
-                if used(self, store)? + len <= policy.quota_bytes {
+                if fits(self)? {
                     return Ok(true);
                 }
             }
-            if !progressed && candidates.len() < skip {
-                return Ok(false);
-            }
-            if candidates.len() < skip {
-                return Ok(used(self, store)? + len <= policy.quota_bytes);
+            seen = candidates.len();
+            if exhausted {
+                return fits(self);
             }
         }
-        Ok(true)
     }
 }
 
@@ -926,7 +940,7 @@ impl SyncSession {
                 });
             }
             Item::Envelope(_) => {
-                if !step.make_room(store, policy, bytes as u64, false)? {
+                if !step.make_room(store, policy, now, bytes as u64, false)? {
                     return refuse(step, RefusedBecause::NoRoom);
                 }
                 let copies = policy::accepted_copies(policy, copies, Origin::Remote);

@@ -481,3 +481,45 @@ fn counts_are_per_id_not_per_frame() {
     assert_eq!(seen.len(), ids.len());
     assert!(seen.values().all(|&n| n == 1));
 }
+
+#[test]
+fn a_full_buffer_evicts_expired_then_others_but_keeps_our_own() {
+    let mut a = Node::new(1);
+    let mut b = Node::new(2);
+    b.policy.quota_bytes = 4000;
+    b.policy.clock_skew_tolerance_secs = 0;
+    let own = b.send(&envelope(1000, 7, 500), now());
+    let mut stale = envelope(1001, 7, 500);
+    stale.created_at_secs = T0 - 8 * 24 * 3600; // a week-long lifetime, over a day ago
+    let stale = b.send(&stale, now());
+    // Forty 400-byte envelopes arrive, many per frame: eviction runs repeatedly inside one
+    // engine step.
+    for n in 0..40 {
+        a.send(&envelope(n, 9, 400), now());
+    }
+    let run = drive(&mut a, &mut b, 65536, now(), usize::MAX);
+    assert!(run.completed);
+    assert!(b.store.usage().unwrap().bytes <= 4000);
+    let held = b.ids();
+    assert!(held.contains(&own), "our own undelivered message survives");
+    assert!(!held.contains(&stale), "the expired item went first");
+    assert!(held.len() >= 6, "the buffer is used, not emptied");
+    // A second meeting after the first was committed: newer carried items now displace
+    // the oldest committed ones rather than being refused.
+    let mut c = Node::new(3);
+    for n in 100..104 {
+        c.send(&envelope(n, 9, 400), now());
+    }
+    drive(&mut c, &mut b, 65536, now(), usize::MAX);
+    let held = b.ids();
+    assert!(held.contains(&own));
+    assert!(b.store.usage().unwrap().bytes <= 4000);
+    assert!(
+        (100..104).all(|n| held.contains(&envelope(n, 9, 400).id())),
+        "the newest carried envelopes are kept"
+    );
+    assert!(
+        !held.contains(&envelope(0, 9, 400).id()),
+        "the oldest carried envelope was evicted"
+    );
+}
