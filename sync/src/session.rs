@@ -582,6 +582,11 @@ impl SyncSession {
             Message::Resume { short, offset } => {
                 let short = ShortId(u64::from_le_bytes(short));
                 if let Some(out) = self.send_queue.values_mut().find(|o| o.short == short) {
+                    let total = store.meta(&out.id)?.map(|m| m.len);
+                    if total.is_some_and(|total| offset >= total) {
+                        // A receiver holding the whole item would have finished it.
+                        return Err(SyncError::Protocol("resume beyond the item's end"));
+                    }
                     if offset > out.offset {
                         out.offset = offset;
                     }
