@@ -649,7 +649,7 @@ impl SyncSession {
         match self.role {
             Role::Responder => {
                 if !self.hello_sent {
-                    self.queue_hello(store, None)?;
+                    self.queue_hello(None)?;
                 }
                 match hello.open {
                     // The initiator guessed the filter right: answer its round.
@@ -703,9 +703,9 @@ impl SyncSession {
         Salt(salt)
     }
 
-    /// Initiator: builds the first hello, opening round 0 on the guess that the peer carries
+    /// Queues our hello; the initiator's opens round 0 on the guess that the peer carries
     /// what we carry.
-    fn queue_hello<S: Store>(&mut self, store: &S, open: Option<Open>) -> Result<(), SyncError> {
+    fn queue_hello(&mut self, open: Option<Open>) -> Result<(), SyncError> {
         let own = self.own_wants();
         let hello = Hello {
             version: PROTOCOL_VERSION,
@@ -713,7 +713,6 @@ impl SyncSession {
             scopes: BoundedVec::new(own.scopes).map_err(SyncError::Codec)?,
             open,
         };
-        let _ = store;
         self.control.push_back(Message::Hello(hello));
         self.hello_sent = true;
         Ok(())
@@ -1123,17 +1122,13 @@ impl SyncSession {
     ) -> Result<Option<Vec<u8>>, SyncError> {
         if self.phase == Phase::Closed {
             // A queued Close still goes out.
-            return Ok(self.control.pop_front().map(|m| {
-                let mut frame = Vec::new();
-                wire::encode_into(&m, &mut frame);
-                frame
-            }));
+            return Ok(self.control.pop_front().map(|m| single_message_frame(&m)));
         }
         if self.role == Role::Initiator && !self.hello_sent {
             let own = own_filter(&self.own_wants());
             let open = self.start_round(store, &own)?;
             self.assumed_filter = Some(own);
-            self.queue_hello(store, Some(open))?;
+            self.queue_hello(Some(open))?;
         }
         if self.phase == Phase::Active {
             let had_round = self.round.is_some();
@@ -1175,11 +1170,7 @@ impl SyncSession {
             self.maybe_finish_round(store)?;
         }
         if frame.is_empty() {
-            return Ok(self.control.pop_front().map(|m| {
-                let mut f = Vec::new();
-                wire::encode_into(&m, &mut f);
-                f
-            }));
+            return Ok(self.control.pop_front().map(|m| single_message_frame(&m)));
         }
         Ok(Some(frame))
     }
@@ -1259,6 +1250,12 @@ impl SyncSession {
             }
         }
     }
+}
+
+fn single_message_frame(message: &Message) -> Vec<u8> {
+    let mut frame = Vec::new();
+    wire::encode_into(message, &mut frame);
+    frame
 }
 
 /// The filter a side would use if its peer carried everything.

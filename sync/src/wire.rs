@@ -14,7 +14,7 @@
 use bincode::{Decode, Encode};
 
 use crate::codec::{self, BoundedBytes, BoundedVec, CodecError};
-use crate::envelope::{ItemId, ScopeTag, MAX_ITEM_LEN};
+use crate::envelope::{ItemId, ScopeTag};
 use crate::recon::ReconMessage;
 
 /// Version of this vocabulary. A peer speaking another one gets `Close` and a clear error.
@@ -136,6 +136,3 @@ pub fn decode_frame(frame: &[u8], mtu: usize) -> Result<Vec<Message>, CodecError
     }
     Ok(messages)
 }
-
-/// Item encodings can never exceed this, so a chunk claiming more is refused at once.
-pub const MAX_TOTAL_LEN: u32 = MAX_ITEM_LEN as u32;
