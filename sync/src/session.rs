@@ -9,7 +9,8 @@
 //! ## A meeting
 //!
 //! 1. Both sides send [`Hello`]: protocol version, whether they carry for others, the scopes
-//!    they want. The initiator's hello also opens round 0 (a salt and a ~50-byte summary).
+//!    they want, how many peers they met lately (routing hands copies to busier carriers).
+//!    The initiator's hello also opens round 0 (a salt and a ~50-byte summary).
 //! 2. Reconciliation ([`crate::recon`]) over the items both sides want: one round trip when
 //!    nothing differs, a few hundred bytes of coded symbols when a hundred items differ.
 //! 3. Transfer: the side that decoded the difference asks for what it lacks (`Want`) and
@@ -26,11 +27,11 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::codec::{BoundedBytes, BoundedVec, CodecError};
 use crate::envelope::{Item, ItemError, ItemId, ScopeTag, Tombstone, MAX_ITEM_LEN};
-use crate::policy::{self, NodePolicy, PeerWants};
+use crate::policy::{self, NodePolicy, PeerWants, Sociability, ACTIVITY_WINDOW_SECS};
 use crate::recon::{ReconError, ReconMessage, Reconciler, Salt, ShortId};
 use crate::store::{
-    recon_key, InboxEntry, ItemKind, ItemMeta, Origin, Partial, ReconFilter, ReconKey, Store,
-    StoreError, StoredItem, WriteBatch, WriteOp,
+    recon_key, Encounter, InboxEntry, ItemKind, ItemMeta, Origin, Partial, PeerTag, ReconFilter,
+    ReconKey, Store, StoreError, StoredItem, WriteBatch, WriteOp,
 };
 use crate::time::Timestamp;
 use crate::wire::{
@@ -43,6 +44,18 @@ const MAX_INCOMING: usize = 256;
 
 /// Partial transfers considered for resumption in one round.
 const MAX_RESUMABLE: usize = 256;
+
+/// Most recent encounters looked at when counting a node's [`Sociability`]; a node meeting
+/// more people than this in an hour is simply very busy.
+const MAX_ACTIVITY: usize = 1024;
+
+/// Items handed over with custody and not yet confirmed, per session; the peer cannot make
+/// this grow, since only our own sends add to it.
+const MAX_AWAITING_CUSTODY: usize = 4096;
+
+/// Items a session remembers having sent (16 bytes each); past this, a refused item may be
+/// offered again.
+const MAX_REMEMBERED_SENDS: usize = 1 << 16;
 
 /// Eviction candidates fetched per attempt to make room.
 const EVICTION_BATCH: usize = 64;
@@ -93,6 +106,8 @@ pub enum SyncEvent {
     ItemRefused { id: ItemId, reason: RefusedBecause },
     /// The last chunk of an item left for the peer.
     ItemSent { id: ItemId, bytes: usize },
+    /// The peer took custody of an item we handed over; our copy is gone.
+    HandedOver { id: ItemId },
     /// Both sides are done with a reconciliation round.
     RoundComplete {
         /// Reconciliation bytes this side sent in the round (summary, symbols, wants).
@@ -316,15 +331,25 @@ struct Outgoing {
     keep: u8,
     /// Copies we held when the item was queued: `keep` differs only when spraying.
     held: u8,
+    /// Custody moves with the item (focus phase): drop ours when the peer confirms.
+    release: bool,
     /// Bytes already sent (or skipped on the peer's [`Message::Resume`]).
     offset: u32,
     started: bool,
     encoded: Option<Vec<u8>>,
 }
 
-/// Send order: tombstones, then envelopes by priority, then oldest first; the id breaks ties
-/// deterministically.
+/// Send order: tombstones, then envelopes for the peer itself, then envelopes it carries on;
+/// within each, by priority, then oldest first; the id breaks ties deterministically.
 type SendKey = (u8, u64, ItemId);
+
+/// A complete item off the wire, before it is checked.
+struct Received {
+    encoded: Vec<u8>,
+    copies: u8,
+    custody: bool,
+    claimed_id: Option<ItemId>,
+}
 
 /// A transfer being received.
 #[derive(Debug)]
@@ -332,6 +357,7 @@ struct Incoming {
     id: Option<ItemId>,
     total_len: u32,
     copies: u8,
+    custody: bool,
     received: Vec<u8>,
 }
 
@@ -377,6 +403,16 @@ pub struct SyncSession {
     /// The filter the initiator's round 0 assumed (its own wants only).
     assumed_filter: Option<ReconFilter>,
     peer: Option<PeerWants>,
+    /// The peer's [`Hello::activity`].
+    peer_activity: u32,
+    /// What the current round's transfers were planned with.
+    sociability: Sociability,
+    /// Items we sent with custody; the peer's [`Message::Custody`] lets us drop them.
+    awaiting_custody: HashSet<ItemId>,
+    /// Items sent whole to this peer in this session. One the peer still lacks in a later
+    /// round was refused (no room, expired for it): offering it again every round would
+    /// spend the link on refusals.
+    sent: HashSet<ReconKey>,
     round: Option<Round>,
     store_changed: bool,
     peer_wants_resync: bool,
@@ -407,6 +443,10 @@ impl SyncSession {
             hello_sent: false,
             assumed_filter: None,
             peer: None,
+            peer_activity: 0,
+            sociability: Sociability::default(),
+            awaiting_custody: HashSet::new(),
+            sent: HashSet::new(),
             round: None,
             store_changed: false,
             peer_wants_resync: false,
@@ -560,7 +600,7 @@ impl SyncSession {
         }
         // Only now, after the commit, may anyone hear of what happened.
         self.events.extend(step.events);
-        self.after_progress(store)?;
+        self.after_progress(now, store)?;
         Ok(())
     }
 
@@ -572,7 +612,7 @@ impl SyncSession {
         step: &mut Step,
     ) -> Result<(), SyncError> {
         match message {
-            Message::Hello(hello) => self.handle_hello(hello, store),
+            Message::Hello(hello) => self.handle_hello(now, hello, store, step),
             _ if self.phase == Phase::AwaitHello => {
                 Err(SyncError::Protocol("message before hello"))
             }
@@ -616,6 +656,18 @@ impl SyncSession {
                 self.phase = Phase::Closed;
                 Ok(())
             }
+            Message::Custody { id } => {
+                if !self.awaiting_custody.remove(&id) {
+                    return Err(SyncError::Protocol("custody of an item not handed over"));
+                }
+                // Ours unless something changed it since (a receipt purged it, or another
+                // session made it ours to spray again).
+                if store.meta(&id)?.is_some_and(|m| m.copies <= 1) {
+                    step.remove(store, id)?;
+                    step.events.push(SyncEvent::HandedOver { id });
+                }
+                Ok(())
+            }
         }
     }
 
@@ -629,7 +681,13 @@ impl SyncSession {
         }
     }
 
-    fn handle_hello<S: Store>(&mut self, hello: Hello, store: &mut S) -> Result<(), SyncError> {
+    fn handle_hello<S: Store>(
+        &mut self,
+        now: Timestamp,
+        hello: Hello,
+        store: &mut S,
+        step: &mut Step,
+    ) -> Result<(), SyncError> {
         if self.phase != Phase::AwaitHello {
             return Err(SyncError::Protocol("second hello"));
         }
@@ -637,6 +695,11 @@ impl SyncSession {
             return Err(SyncError::Version(hello.version));
         }
         let mut scopes = hello.scopes.into_inner();
+        step.batch.push(WriteOp::RecordEncounter(Encounter {
+            peer: PeerTag::of(&self.peer_key),
+            at_secs: now.as_secs(),
+        }));
+        self.peer_activity = u32::from(hello.activity);
         scopes.sort();
         scopes.dedup();
         let peer = PeerWants {
@@ -649,7 +712,7 @@ impl SyncSession {
         match self.role {
             Role::Responder => {
                 if !self.hello_sent {
-                    self.queue_hello(None)?;
+                    self.queue_hello(now, None, store)?;
                 }
                 match hello.open {
                     // The initiator guessed the filter right: answer its round.
@@ -671,6 +734,18 @@ impl SyncSession {
             }
         }
         Ok(())
+    }
+
+    /// Distinct peers we met in the last hour, other than this session's.
+    fn own_activity<S: Store>(&self, now: Timestamp, store: &S) -> Result<u32, SyncError> {
+        let this_peer = PeerTag::of(&self.peer_key);
+        let since = now.as_secs().saturating_sub(ACTIVITY_WINDOW_SECS);
+        Ok(store
+            .encounters(MAX_ACTIVITY)?
+            .iter()
+            .take_while(|e| e.at_secs >= since)
+            .filter(|e| e.peer != this_peer)
+            .count() as u32)
     }
 
     fn peer_or_default(&self) -> PeerWants {
@@ -705,12 +780,19 @@ impl SyncSession {
 
     /// Queues our hello; the initiator's opens round 0 on the guess that the peer carries
     /// what we carry.
-    fn queue_hello(&mut self, open: Option<Open>) -> Result<(), SyncError> {
+    fn queue_hello<S: Store>(
+        &mut self,
+        now: Timestamp,
+        open: Option<Open>,
+        store: &S,
+    ) -> Result<(), SyncError> {
         let own = self.own_wants();
+        let activity = self.own_activity(now, store)?;
         let hello = Hello {
             version: PROTOCOL_VERSION,
             carries_for_others: own.carries_for_others,
             scopes: BoundedVec::new(own.scopes).map_err(SyncError::Codec)?,
+            activity: u16::try_from(activity).unwrap_or(u16::MAX),
             open,
         };
         self.control.push_back(Message::Hello(hello));
@@ -800,7 +882,13 @@ impl SyncSession {
         // The common case: a whole item in one chunk.
         if chunk.offset == 0 && data.len() == chunk.total_len as usize {
             self.incoming.remove(&short);
-            return self.accept_item(now, data, chunk.copies, chunk.id, store, step);
+            let item = Received {
+                encoded: data,
+                copies: chunk.copies,
+                custody: chunk.custody,
+                claimed_id: chunk.id,
+            };
+            return self.accept_item(now, item, store, step);
         }
         if !self.incoming.contains_key(&short) {
             if self.incoming.len() >= MAX_INCOMING {
@@ -810,6 +898,7 @@ impl SyncSession {
                 id: chunk.id,
                 total_len: chunk.total_len,
                 copies: chunk.copies,
+                custody: chunk.custody,
                 received: Vec::new(),
             };
             if let Some(id) = chunk.id {
@@ -838,6 +927,7 @@ impl SyncSession {
         if incoming.id.is_none() {
             incoming.id = chunk.id;
         }
+        incoming.custody = chunk.custody;
         let have = incoming.received.len() as u64;
         if (chunk.offset as u64) <= have && end > have {
             let skip = (have - chunk.offset as u64) as usize;
@@ -849,7 +939,13 @@ impl SyncSession {
                 if let Some(id) = done.id {
                     step.batch.push(WriteOp::RemovePartial(id));
                 }
-                self.accept_item(now, done.received, done.copies, done.id, store, step)?;
+                let item = Received {
+                    encoded: done.received,
+                    copies: done.copies,
+                    custody: done.custody,
+                    claimed_id: done.id,
+                };
+                self.accept_item(now, item, store, step)?;
             }
         } else if let Some(id) = incoming.id {
             step.batch.push(WriteOp::PutPartial(Partial {
@@ -866,12 +962,16 @@ impl SyncSession {
     fn accept_item<S: Store>(
         &mut self,
         now: Timestamp,
-        encoded: Vec<u8>,
-        copies: u8,
-        claimed_id: Option<ItemId>,
+        received: Received,
         store: &mut S,
         step: &mut Step,
     ) -> Result<(), SyncError> {
+        let Received {
+            encoded,
+            copies,
+            custody,
+            claimed_id,
+        } = received;
         let item = Item::decode(&encoded)?;
         let id = item.id();
         if claimed_id.is_some_and(|claimed| claimed != id) {
@@ -880,12 +980,28 @@ impl SyncSession {
         if let Some(round) = self.round.as_mut() {
             round.items_received += 1;
         }
+        if custody && !matches!(item, Item::Envelope(_)) {
+            return Err(SyncError::Protocol("custody of a receipt"));
+        }
+        // The sender may drop its copy once this step has committed the item here (or found
+        // it here, or delivered): queued now, the answer leaves only after the commit, and a
+        // failed commit clears it with the session. A refused item is not answered, so the
+        // sender keeps its copy.
+        if custody {
+            self.control.push_back(Message::Custody { id });
+        }
         let policy = &self.config.policy;
         let now_secs = now.as_secs();
         if step.contains(store, &id)? {
             return Ok(());
         }
-        let refuse = |step: &mut Step, reason| {
+        let control = &mut self.control;
+        let mut refuse = |step: &mut Step, reason| {
+            // Already delivered is as good as stored; anything else is not here at all.
+            if custody && reason != RefusedBecause::Tombstoned {
+                let withdrawn = control.pop_back();
+                debug_assert_eq!(withdrawn, Some(Message::Custody { id }));
+            }
             step.events.push(SyncEvent::ItemRefused { id, reason });
             Ok(())
         };
@@ -965,7 +1081,7 @@ impl SyncSession {
 
     /// Moves the round forward after input: collects reconciliation output, turns a finished
     /// reconciliation into transfers, finishes rounds and opens new ones.
-    fn after_progress<S: Store>(&mut self, store: &mut S) -> Result<(), SyncError> {
+    fn after_progress<S: Store>(&mut self, now: Timestamp, store: &mut S) -> Result<(), SyncError> {
         if self.phase != Phase::Active {
             return Ok(());
         }
@@ -984,14 +1100,14 @@ impl SyncSession {
             .as_ref()
             .is_some_and(|r| !r.outcome_handled && r.recon.outcome().is_some());
         if ready {
-            self.plan_transfers(store)?;
+            self.plan_transfers(now, store)?;
         }
         self.maybe_finish_round(store)
     }
 
     /// Reconciliation is over: queue what the peer lacks and our policy lets it have, and
     /// offer to resume transfers a cut meeting left half done.
-    fn plan_transfers<S: Store>(&mut self, store: &S) -> Result<(), SyncError> {
+    fn plan_transfers<S: Store>(&mut self, now: Timestamp, store: &S) -> Result<(), SyncError> {
         let Some(round) = self.round.as_mut() else {
             return Ok(());
         };
@@ -1003,16 +1119,33 @@ impl SyncSession {
         let salt = round.salt;
         let remote_lacks: Vec<ReconKey> = outcome.remote_lacks.clone();
         let local_lacks: HashSet<ShortId> = outcome.local_lacks.iter().copied().collect();
+        let sociability = Sociability {
+            own: self.own_activity(now, store)?,
+            peer: self.peer_activity,
+        };
+        self.sociability = sociability;
         for key in remote_lacks {
+            if self.sent.contains(&key) {
+                continue;
+            }
             let Some(id) = store.resolve(key)? else {
                 continue;
             };
             let Some(meta) = store.meta(&id)? else {
                 continue;
             };
-            let Some(handover) = policy::handover(&meta, &peer) else {
+            let Some(mut handover) =
+                policy::handover(&meta, &peer, &self.config.policy.routing, sociability)
+            else {
                 continue;
             };
+            if handover.release && self.awaiting_custody.len() >= MAX_AWAITING_CUSTODY {
+                // Hand it over next time rather than track more at once.
+                continue;
+            }
+            if handover.release && self.awaiting_custody.contains(&id) {
+                handover.release = false;
+            }
             if meta.kind == ItemKind::Envelope && !local_lacks.is_empty() {
                 // The peer may hold this envelope's receipt (we lack it, so it is among the
                 // short ids we asked for): sending the envelope would only be refused.
@@ -1025,9 +1158,13 @@ impl SyncSession {
                     continue;
                 }
             }
+            // Receipts first (small, and each purges copies), then what ends here, then what
+            // the peer carries on: a short meeting with a destination must not be spent
+            // spraying other messages at it.
             let class = match meta.kind {
                 ItemKind::Tombstone { .. } => 0,
-                ItemKind::Envelope => 1 + meta.priority as u8,
+                ItemKind::Envelope if peer.is_destination(&meta.scope) => 1 + meta.priority as u8,
+                ItemKind::Envelope => 4 + meta.priority as u8,
             };
             self.send_queue.insert(
                 (class, meta.created_at_secs, id),
@@ -1037,6 +1174,7 @@ impl SyncSession {
                     grant: handover.grant,
                     keep: handover.keep,
                     held: meta.copies,
+                    release: handover.release,
                     offset: 0,
                     started: false,
                     encoded: None,
@@ -1057,6 +1195,7 @@ impl SyncSession {
                             id: Some(id),
                             total_len: partial.total_len,
                             copies: partial.copies,
+                            custody: false,
                             received: partial.received,
                         },
                     );
@@ -1128,7 +1267,7 @@ impl SyncSession {
             let own = own_filter(&self.own_wants());
             let open = self.start_round(store, &own)?;
             self.assumed_filter = Some(own);
-            self.queue_hello(Some(open))?;
+            self.queue_hello(now, Some(open), store)?;
         }
         if self.phase == Phase::Active {
             let had_round = self.round.is_some();
@@ -1192,14 +1331,30 @@ impl SyncSession {
             };
             let out = entry.get_mut();
             if out.encoded.is_none() {
-                match store.get(&out.id)? {
-                    Some(item) => out.encoded = Some(item.encoded),
-                    None => {
-                        // Purged (a tombstone arrived) or evicted since it was queued.
-                        entry.remove();
-                        continue;
+                let Some(item) = store.get(&out.id)? else {
+                    // Purged (a tombstone arrived) or evicted since it was queued.
+                    entry.remove();
+                    continue;
+                };
+                if item.meta.copies != out.held {
+                    // Another session handed copies out since this was planned: split what
+                    // is left now, so two meetings at once cannot spend the budget twice.
+                    let peer = self.peer.clone().unwrap_or_default();
+                    let routing = &self.config.policy.routing;
+                    match policy::handover(&item.meta, &peer, routing, self.sociability) {
+                        Some(h) => {
+                            out.grant = h.grant;
+                            out.keep = h.keep;
+                            out.release = h.release && !self.awaiting_custody.contains(&out.id);
+                            out.held = item.meta.copies;
+                        }
+                        None => {
+                            entry.remove();
+                            continue;
+                        }
                     }
                 }
+                out.encoded = Some(item.encoded);
             }
             let Some(encoded) = out.encoded.as_ref() else {
                 entry.remove();
@@ -1210,6 +1365,7 @@ impl SyncSession {
             let mut chunk = Chunk {
                 short: out.short.0.to_le_bytes(),
                 copies: out.grant,
+                custody: out.release,
                 total_len: total as u32,
                 offset: offset as u32,
                 id: None,
@@ -1240,6 +1396,12 @@ impl SyncSession {
             out.offset = (offset + take) as u32;
             if out.offset as usize >= total {
                 let id = out.id;
+                if out.release {
+                    self.awaiting_custody.insert(id);
+                }
+                if self.sent.len() < MAX_REMEMBERED_SENDS {
+                    self.sent.insert(recon_key(&id));
+                }
                 entry.remove();
                 step.events.push(SyncEvent::ItemSent { id, bytes: total });
                 if let Some(round) = self.round.as_mut() {

@@ -4,12 +4,13 @@
 //! up to 64 KiB on a LAN). It holds one or more messages back to back, each a self-delimiting
 //! bincode value, so a LoRa frame can carry a receipt, a want list and a short text at once.
 //!
-//! The vocabulary is small (Briar's sync has six records; we have eight):
+//! The vocabulary is small (Briar's sync has six records; we have nine):
 //! `Hello` says what a side is and wants and may open the first reconciliation round;
 //! `Open` starts a later round; `Recon` carries the reconciliation itself ([`crate::recon`]);
 //! `Chunk` carries item bytes; `Resume` asks the sender to skip what we already hold from a
 //! cut transfer; `Done` ends a side's sending for the round; `Resync` asks the initiator for
-//! a new round; `Close` says why a side gives up.
+//! a new round; `Close` says why a side gives up; `Custody` tells a sender that handed over
+//! its copy of an item that the item is safely stored, so it may drop its own.
 
 use bincode::{Decode, Encode};
 
@@ -54,6 +55,10 @@ pub struct Hello {
     /// Scopes this side wants besides what it carries: its own destinations and
     /// conversations. Sorted, deduplicated.
     pub scopes: BoundedVec<ScopeTag, MAX_HELLO_SCOPES>,
+    /// Distinct peers this side met in the last hour, not counting the one it is talking
+    /// to ([`crate::policy::Sociability`]): routing hands copies to busier carriers. A count,
+    /// so nobody learns whom anyone met.
+    pub activity: u16,
     /// The initiator opens round 0 right away, guessing the peer carries everything it does;
     /// if the responder's hello shows otherwise, both drop this round and the initiator opens
     /// another with the right filter.
@@ -74,6 +79,9 @@ pub struct Chunk {
     pub short: [u8; 8],
     /// Copies the receiver gets (spray-and-wait budget).
     pub copies: u8,
+    /// The sender hands over its own copy: once the receiver has stored the item it answers
+    /// [`Message::Custody`], and only then does the sender delete its copy.
+    pub custody: bool,
     pub total_len: u32,
     pub offset: u32,
     /// The full id, sent with the first chunk of an item that spans several chunks, so the
@@ -98,6 +106,10 @@ pub enum Message {
     /// Responder to initiator: "my store changed; open a round when this one is over."
     Resync,
     Close(CloseReason),
+    /// "This item, sent with `custody`, is stored here (or was delivered here): drop yours."
+    Custody {
+        id: ItemId,
+    },
 }
 
 impl Message {
@@ -108,7 +120,7 @@ impl Message {
 
 /// Bytes a chunk adds around its data, at most (tag, short id, copies, varint lengths,
 /// optional id, data length prefix).
-pub const CHUNK_OVERHEAD_MAX: usize = 1 + 8 + 1 + 5 + 5 + 1 + 32 + 5;
+pub const CHUNK_OVERHEAD_MAX: usize = 1 + 8 + 1 + 1 + 5 + 5 + 1 + 32 + 5;
 
 /// Appends `msg` to `frame`.
 pub fn encode_into(msg: &Message, frame: &mut Vec<u8>) {

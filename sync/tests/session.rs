@@ -7,8 +7,10 @@ use std::collections::{BTreeSet, HashMap};
 
 use cairn_sync::envelope::{Envelope, Item, ItemId, Priority, ScopeTag};
 use cairn_sync::policy::NodePolicy;
-use cairn_sync::session::{self, Role, SessionConfig, SyncEvent, SyncSession};
-use cairn_sync::store::{ItemKind, MemStore, ReconFilter, Store};
+use cairn_sync::session::{self, RefusedBecause, Role, SessionConfig, SyncEvent, SyncSession};
+use cairn_sync::store::{
+    Encounter, ItemKind, MemStore, PeerTag, ReconFilter, Store, WriteBatch, WriteOp,
+};
 use cairn_sync::time::Timestamp;
 use proptest::prelude::*;
 
@@ -36,6 +38,8 @@ fn envelope(n: u32, to: u8, body_len: usize) -> Envelope {
 }
 
 struct Node {
+    /// The stable key its peers know it by.
+    key: Vec<u8>,
     store: MemStore,
     policy: NodePolicy,
     events: Vec<SyncEvent>,
@@ -44,6 +48,7 @@ struct Node {
 impl Node {
     fn new(own_scope: u8) -> Self {
         Node {
+            key: vec![own_scope],
             store: MemStore::new(),
             policy: NodePolicy {
                 scopes: vec![scope(own_scope)],
@@ -51,6 +56,20 @@ impl Node {
             },
             events: Vec::new(),
         }
+    }
+
+    /// A node that met `peers` other people in the last few minutes.
+    fn busy(own_scope: u8, peers: u8) -> Self {
+        let mut node = Node::new(own_scope);
+        let mut batch = WriteBatch::new();
+        for p in 0..peers {
+            batch.push(WriteOp::RecordEncounter(Encounter {
+                peer: PeerTag::of(&[200, p]),
+                at_secs: T0 + 3000 + u64::from(p),
+            }));
+        }
+        node.store.commit(batch).unwrap();
+        node
     }
 
     fn send(&mut self, env: &Envelope, now: Timestamp) -> ItemId {
@@ -287,9 +306,12 @@ fn expired_and_future_items_are_refused_but_skewed_clocks_are_tolerated() {
 
 #[test]
 fn spray_and_wait_hands_out_half_the_copies() {
-    let mut a = Node::new(1);
-    let mut b = Node::new(2);
-    let mut c = Node::new(3);
+    let plain = |n| {
+        let mut node = Node::new(n);
+        node.policy.routing.focus = false;
+        node
+    };
+    let (mut a, mut b, mut c, mut d, mut e) = (plain(1), plain(2), plain(3), plain(4), plain(5));
     let id = a.send(&envelope(1, 9, 80), now());
     drive(&mut a, &mut b, 4096, now(), usize::MAX);
     assert_eq!(a.store.meta(&id).unwrap().unwrap().copies, 4);
@@ -297,11 +319,9 @@ fn spray_and_wait_hands_out_half_the_copies() {
     // b holds 4: c gets 2, then d gets 1 of c's 2; c, left with one, waits.
     drive(&mut b, &mut c, 4096, now(), usize::MAX);
     assert_eq!(c.store.meta(&id).unwrap().unwrap().copies, 2);
-    let mut d = Node::new(4);
     drive(&mut c, &mut d, 4096, now(), usize::MAX);
     assert_eq!(c.store.meta(&id).unwrap().unwrap().copies, 1);
     assert_eq!(d.store.meta(&id).unwrap().unwrap().copies, 1);
-    let mut e = Node::new(5);
     drive(&mut c, &mut e, 4096, now(), usize::MAX);
     assert!(!e.ids().contains(&id), "a node with one copy keeps it");
     // ...until it meets the destination.
@@ -310,12 +330,85 @@ fn spray_and_wait_hands_out_half_the_copies() {
     assert_eq!(dest.delivered(), vec![id]);
 }
 
+/// `a` sends a message with two copies to a quiet carrier `b`, which is left with one.
+fn carrier_with_last_copy() -> (Node, Node, ItemId) {
+    let mut a = Node::new(1);
+    let mut b = Node::new(2);
+    let mut env = envelope(1, 9, 80);
+    env.copy_budget = 2;
+    let id = a.send(&env, now());
+    drive(&mut a, &mut b, 4096, now(), usize::MAX);
+    assert_eq!(b.store.meta(&id).unwrap().unwrap().copies, 1);
+    (a, b, id)
+}
+
+#[test]
+fn focus_moves_a_last_copy_to_a_busier_carrier_and_drops_it_only_on_custody() {
+    let (_a, mut b, id) = carrier_with_last_copy();
+    // A peer about as quiet as b does not get it.
+    let mut quiet = Node::busy(3, 1);
+    drive(&mut b, &mut quiet, 4096, now(), usize::MAX);
+    assert!(!quiet.ids().contains(&id));
+    // A busy one does: the copy moves, it does not multiply.
+    let mut busy = Node::busy(4, 12);
+    let run = drive(&mut b, &mut busy, 4096, now(), usize::MAX);
+    assert!(run.completed);
+    assert_eq!(busy.store.meta(&id).unwrap().unwrap().copies, 1);
+    assert!(!b.ids().contains(&id), "the carrier let go of the copy");
+    assert!(b
+        .events
+        .iter()
+        .any(|e| matches!(e, SyncEvent::HandedOver { id: x } if *x == id)));
+    // The busy node, with the last copy, still delivers it.
+    let mut dest = Node::new(9);
+    drive(&mut busy, &mut dest, 4096, now(), usize::MAX);
+    assert_eq!(dest.delivered(), vec![id]);
+}
+
+#[test]
+fn a_handover_cut_at_any_point_never_loses_the_copy() {
+    let mut cut_between_store_and_custody = false;
+    for max_frames in 1.. {
+        let (_a, mut b, id) = carrier_with_last_copy();
+        let mut busy = Node::busy(4, 12);
+        let run = drive(&mut b, &mut busy, 200, now(), max_frames);
+        let at_b = b.ids().contains(&id);
+        let at_busy = busy.ids().contains(&id);
+        assert!(at_b || at_busy, "copy lost after {max_frames} frames");
+        if at_b && at_busy {
+            cut_between_store_and_custody = true;
+        }
+        if run.completed {
+            assert!(!at_b && at_busy);
+            break;
+        }
+    }
+    assert!(
+        cut_between_store_and_custody,
+        "some cut falls after the copy was stored and before custody came back"
+    );
+}
+
+#[test]
+fn a_carrier_that_cannot_store_a_handover_leaves_the_copy_where_it_was() {
+    let (_a, mut b, id) = carrier_with_last_copy();
+    let mut full = Node::busy(4, 12);
+    full.policy.quota_bytes = 64; // smaller than the envelope
+    drive(&mut b, &mut full, 4096, now(), usize::MAX);
+    assert!(full.events.iter().any(|e| matches!(
+        e,
+        SyncEvent::ItemRefused { id: x, reason: RefusedBecause::NoRoom } if *x == id
+    )));
+    assert!(!full.ids().contains(&id));
+    assert_eq!(b.store.meta(&id).unwrap().unwrap().copies, 1);
+}
+
 /// A fresh initiator/responder pair of sessions between `a` and `b`.
 fn sessions(a: &Node, b: &Node, mtu: usize) -> (SyncSession, SyncSession) {
     let sa = SyncSession::new(
         SessionConfig::new(mtu, a.policy.clone()),
         Role::Initiator,
-        b"b".to_vec(),
+        b.key.clone(),
         1,
         now(),
     )
@@ -323,7 +416,7 @@ fn sessions(a: &Node, b: &Node, mtu: usize) -> (SyncSession, SyncSession) {
     let sb = SyncSession::new(
         SessionConfig::new(mtu, b.policy.clone()),
         Role::Responder,
-        b"a".to_vec(),
+        a.key.clone(),
         2,
         now(),
     )

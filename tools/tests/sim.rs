@@ -34,6 +34,12 @@ fn run_checked(name: &str, trace: &Trace, config: &EngineConfig) -> (SimReport, 
         report.misdeliveries, 0,
         "{name}: delivered to the wrong node"
     );
+    if config.buffer_bytes >= EngineConfig::default().buffer_bytes {
+        assert_eq!(
+            report.vanished, 0,
+            "{name}: a message vanished from the network with buffers to spare"
+        );
+    }
     // Nobody beats the flood: every delivery the engine made, the oracle made no later.
     let oracle = Oracle::new(trace).deliver_all();
     for (i, got) in outcome.delivered_ms.iter().enumerate() {
@@ -240,6 +246,32 @@ fn small_buffers_and_budgets_cost_delivery_not_correctness() {
     let (ample_report, _) = run_checked("field-team", &trace, &config(9));
     assert!(tight_report.delivered <= ample_report.delivered);
     assert!(tight_report.envelope_transfers < ample_report.envelope_transfers);
+}
+
+#[test]
+fn focus_moves_last_copies_without_losing_or_multiplying_them() {
+    let trace = Scenario::RandomWaypoint
+        .generate(11, Some(20), Some(2.0))
+        .unwrap();
+    let budget = 4;
+    let focus = EngineConfig {
+        copies: budget,
+        ..config(11)
+    };
+    let wait = EngineConfig {
+        focus: false,
+        ..focus.clone()
+    };
+    let (focus_report, _) = run_checked("random-waypoint", &trace, &focus);
+    let (wait_report, _) = run_checked("random-waypoint", &trace, &wait);
+    assert!(focus_report.handovers > 0, "{focus_report:?}");
+    assert_eq!(wait_report.handovers, 0);
+    // The budget, the sender's passive copy, and one custody handover in flight.
+    assert!(
+        focus_report.copies_peak_max <= u32::from(budget) + 2,
+        "{focus_report:?}"
+    );
+    assert!(focus_report.delivered > 0);
 }
 
 #[test]

@@ -180,6 +180,7 @@ pub fn run_all<S: Store>(mut make: impl FnMut() -> S) {
     partials_round_trip(&mut make());
     inbox_is_oldest_first_until_acked(&mut make());
     a_refused_batch_leaves_nothing(&mut make());
+    encounters_are_most_recent_first_and_bounded(&mut make());
 }
 
 pub fn put_get_remove<S: Store>(store: &mut S) {
@@ -586,6 +587,49 @@ pub fn a_refused_batch_leaves_nothing<S: Store>(store: &mut S) {
     // The store still takes good batches afterwards.
     commit(store, vec![WriteOp::PutItem(item(2, b"two"))]);
     assert!(store.contains(&id(2)).unwrap());
+}
+
+/// The table of whom this node met: a later meeting replaces an earlier one, the listing is
+/// most recent first, and a flood of new scopes forgets the least recent rather than growing.
+pub fn encounters_are_most_recent_first_and_bounded<S: Store>(store: &mut S) {
+    use crate::store::{Encounter, PeerTag, MAX_ENCOUNTERS};
+    let scope = |n: u32| {
+        let mut s = [0u8; 8];
+        s[..4].copy_from_slice(&n.to_be_bytes());
+        PeerTag(s)
+    };
+    let met = |n: u32, at_secs: u64| {
+        WriteOp::RecordEncounter(Encounter {
+            peer: scope(n),
+            at_secs,
+        })
+    };
+    assert_eq!(store.last_encounter(&scope(1)).unwrap(), None);
+    commit(store, vec![met(1, 100), met(2, 300), met(3, 200)]);
+    commit(store, vec![met(1, 400)]);
+    let listed: Vec<(PeerTag, u64)> = store
+        .encounters(10)
+        .unwrap()
+        .iter()
+        .map(|e| (e.peer, e.at_secs))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![(scope(1), 400), (scope(2), 300), (scope(3), 200)]
+    );
+    assert_eq!(store.encounters(1).unwrap().len(), 1);
+    assert_eq!(store.last_encounter(&scope(1)).unwrap(), Some(400));
+
+    // Fill past the bound with newer encounters: the oldest ones go first.
+    let ops: Vec<WriteOp> = (10..10 + MAX_ENCOUNTERS as u32)
+        .map(|n| met(n, 1_000 + u64::from(n)))
+        .collect();
+    commit(store, ops);
+    let all = store.encounters(usize::MAX).unwrap();
+    assert_eq!(all.len(), MAX_ENCOUNTERS);
+    assert_eq!(store.last_encounter(&scope(2)).unwrap(), None);
+    assert_eq!(store.last_encounter(&scope(10)).unwrap(), Some(1_010));
+    assert_eq!(all[0].at_secs, 1_000 + 9 + MAX_ENCOUNTERS as u64);
 }
 
 #[cfg(test)]

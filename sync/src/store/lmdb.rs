@@ -18,6 +18,7 @@
 //! | `inbox`      | id                                          | received_at BE ‖ encoding |
 //! | `inbox_order`| received_at BE ‖ id                         | –                         |
 //! | `meta`       | `schema`, `usage`, `next_seq`               | version; items ‖ bytes; seq |
+//! | `encounters` | peer tag                                    | at_secs LE                |
 //!
 //! Index keys are big-endian so LMDB's byte order is the order the engine asks for. The usage
 //! counters and the sequence counter are rewritten in the same transaction as the items they
@@ -63,15 +64,17 @@ use heed::{
 
 use super::index::{Candidate, SeqIndex};
 use super::{
-    eviction_rank, recon_key, validate_op, InboxEntry, ItemKind, ItemMeta, Origin, Partial,
-    ReconFilter, ReconKey, Store, StoreError, StoredItem, Usage, WriteBatch, WriteOp,
+    eviction_rank, recon_key, validate_op, Encounter, InboxEntry, ItemKind, ItemMeta, Origin,
+    Partial, PeerTag, ReconFilter, ReconKey, Store, StoreError, StoredItem, Usage, WriteBatch,
+    WriteOp, MAX_ENCOUNTERS,
 };
 use crate::envelope::{ItemId, Priority, ScopeTag};
 use crate::time::Timestamp;
 
 /// Version of the on-disk layout above. Opening a store written with another version is
 /// refused rather than misread. Version 1 keyed `items` by id; no store of it was deployed,
-/// so there is no migration.
+/// so there is no migration. `encounters` was added within version 2: it is created when
+/// missing and an older build ignores it.
 const SCHEMA_VERSION: u32 = 2;
 
 const KEY_SCHEMA: &[u8] = b"schema";
@@ -133,6 +136,7 @@ pub struct LmdbStore {
     inbox: Db,
     inbox_order: Db,
     meta: Db,
+    encounters: Db,
     /// Where each item is stored, by id, and the recon keys (see the module docs).
     seqs: SeqIndex,
     /// Committed usage, mirrored from the `meta` database after each commit.
@@ -235,7 +239,7 @@ impl LmdbStore {
         env.clear_stale_readers().map_err(lmdb_error)?;
 
         let wtxn = env.write_txn().map_err(lmdb_error)?;
-        let dbs: [Db; 10] = env
+        let dbs: [Db; 11] = env
             .create_databases_and_commit(wtxn, |opener, wtxn| {
                 let mut create =
                     |name: &str| opener.create_database::<Bytes, Bytes>(wtxn, Some(name));
@@ -250,12 +254,13 @@ impl LmdbStore {
                     create("inbox")?,
                     create("inbox_order")?,
                     create("meta")?,
+                    create("encounters")?,
                 ]))
             })
             .map_err(lmdb_error)?
             .commit()
             .ok_or_else(|| StoreError::Lmdb("could not create the databases".into()))?;
-        let [items, expiry, scopes, eviction, tombstones, peers, partials, inbox, inbox_order, meta] =
+        let [items, expiry, scopes, eviction, tombstones, peers, partials, inbox, inbox_order, meta, encounters] =
             dbs;
 
         let mut store = LmdbStore {
@@ -270,6 +275,7 @@ impl LmdbStore {
             inbox,
             inbox_order,
             meta,
+            encounters,
             seqs: SeqIndex::new(),
             usage: Usage::default(),
             next_seq: 0,
@@ -519,6 +525,26 @@ impl LmdbStore {
                     .put(wtxn, &cat(&received, &entry.id.0), &[])?;
             }
             WriteOp::AckInbox(id) => self.ack_inbox(wtxn, id)?,
+            WriteOp::RecordEncounter(e) => {
+                self.encounters
+                    .put(wtxn, &e.peer.0, &e.at_secs.to_le_bytes())?;
+                if self.encounters.len(wtxn)? > MAX_ENCOUNTERS as u64 {
+                    // Rare (a table this full means churn): one scan finds the least recent,
+                    // which is the last in `encounters()` order, as in the memory store.
+                    let mut oldest: Option<Encounter> = None;
+                    for entry in self.encounters.iter(wtxn)? {
+                        let (peer, at) = entry?;
+                        let e = decode_encounter(peer, at)?;
+                        let key = |e: &Encounter| (std::cmp::Reverse(e.at_secs), e.peer);
+                        if oldest.is_none_or(|o| key(&e) > key(&o)) {
+                            oldest = Some(e);
+                        }
+                    }
+                    if let Some(o) = oldest {
+                        self.encounters.delete(wtxn, &o.peer.0)?;
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -813,6 +839,26 @@ impl Store for LmdbStore {
         Ok(out)
     }
 
+    fn encounters(&self, limit: usize) -> Result<Vec<Encounter>, StoreError> {
+        let rtxn = self.read_txn()?;
+        let mut all = Vec::new();
+        for entry in self.encounters.iter(&rtxn).map_err(lmdb_error)? {
+            let (peer, at) = entry.map_err(lmdb_error)?;
+            all.push(decode_encounter(peer, at)?);
+        }
+        all.sort_by_key(|e| (std::cmp::Reverse(e.at_secs), e.peer));
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    fn last_encounter(&self, peer: &PeerTag) -> Result<Option<u64>, StoreError> {
+        let rtxn = self.read_txn()?;
+        match self.encounters.get(&rtxn, &peer.0).map_err(lmdb_error)? {
+            Some(at) => Ok(Some(decode_encounter(&peer.0, at)?.at_secs)),
+            None => Ok(None),
+        }
+    }
+
     fn recon_index_bytes(&self) -> usize {
         self.seqs.heap_bytes()
     }
@@ -912,6 +958,19 @@ fn decode_seq(bytes: &[u8]) -> Result<u64, StoreError> {
 fn split_be_u64(bytes: &[u8]) -> Option<(u64, &[u8])> {
     let (head, rest) = bytes.split_first_chunk::<8>()?;
     Some((u64::from_be_bytes(*head), rest))
+}
+
+fn decode_encounter(peer: &[u8], at: &[u8]) -> Result<Encounter, StoreError> {
+    let peer: [u8; 8] = peer
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("encounter key of {} bytes", peer.len())))?;
+    let at: [u8; 8] = at
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("encounter time of {} bytes", at.len())))?;
+    Ok(Encounter {
+        peer: PeerTag(peer),
+        at_secs: u64::from_le_bytes(at),
+    })
 }
 
 fn encode_usage(usage: Usage) -> [u8; 16] {

@@ -4,11 +4,13 @@
 //! I/O, and deterministic: only ordered collections, so results never depend on a hasher's
 //! random seed and every simulated run is reproducible from its seed.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    eviction_rank, recon_key, validate_op, InboxEntry, ItemKind, ItemMeta, Partial, ReconFilter,
-    ReconIndex, ReconKey, Store, StoreError, StoredItem, Usage, WriteBatch, WriteOp,
+    eviction_rank, recon_key, validate_op, Encounter, InboxEntry, ItemKind, ItemMeta, Partial,
+    PeerTag, ReconFilter, ReconIndex, ReconKey, Store, StoreError, StoredItem, Usage, WriteBatch,
+    WriteOp, MAX_ENCOUNTERS,
 };
 use crate::envelope::{ItemId, ScopeTag};
 use crate::time::Timestamp;
@@ -33,6 +35,9 @@ pub struct MemStore {
     inbox_order: BTreeSet<(Timestamp, ItemId)>,
     recon: ReconIndex,
     usage: Usage,
+    encounters: BTreeMap<PeerTag, u64>,
+    /// `(Reverse(at_secs), peer)`: most recent first.
+    encounter_order: BTreeSet<(Reverse<u64>, PeerTag)>,
 }
 
 impl MemStore {
@@ -112,6 +117,17 @@ impl MemStore {
             WriteOp::AckInbox(id) => {
                 if let Some(old) = self.inbox.remove(&id) {
                     self.inbox_order.remove(&(old.received_at, id));
+                }
+            }
+            WriteOp::RecordEncounter(e) => {
+                if let Some(old) = self.encounters.insert(e.peer, e.at_secs) {
+                    self.encounter_order.remove(&(Reverse(old), e.peer));
+                }
+                self.encounter_order.insert((Reverse(e.at_secs), e.peer));
+                if self.encounters.len() > MAX_ENCOUNTERS {
+                    if let Some(oldest) = self.encounter_order.pop_last() {
+                        self.encounters.remove(&oldest.1);
+                    }
                 }
             }
         }
@@ -204,6 +220,19 @@ impl Store for MemStore {
             .take(limit)
             .filter_map(|(_, id)| self.inbox.get(id).cloned())
             .collect())
+    }
+
+    fn encounters(&self, limit: usize) -> Result<Vec<Encounter>, StoreError> {
+        Ok(self
+            .encounter_order
+            .iter()
+            .take(limit)
+            .map(|&(Reverse(at_secs), peer)| Encounter { peer, at_secs })
+            .collect())
+    }
+
+    fn last_encounter(&self, peer: &PeerTag) -> Result<Option<u64>, StoreError> {
+        Ok(self.encounters.get(peer).copied())
     }
 
     fn recon_index_bytes(&self) -> usize {

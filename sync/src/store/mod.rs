@@ -27,6 +27,33 @@ pub const MAX_PEER_KEY_LEN: usize = 256;
 /// Largest opaque peer state [`WriteOp::PutPeerState`] accepts.
 pub const MAX_PEER_STATE_LEN: usize = 1024 * 1024;
 
+/// Most encounters a store remembers; recording one more forgets the least recent. A team
+/// has tens to hundreds of members: this keeps every one of them with room to spare, while a
+/// peer churning through made-up scopes cannot grow the table without bound.
+pub const MAX_ENCOUNTERS: usize = 4096;
+
+/// A peer as the encounter table knows it: 8 bytes of a keyed BLAKE3 hash of its stable
+/// key, enough to tell a team's members apart without storing who they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerTag(pub [u8; 8]);
+
+impl PeerTag {
+    pub fn of(peer_key: &[u8]) -> Self {
+        let hash = blake3::derive_key("cairn 2026 encounter peer tag", peer_key);
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(&hash[..8]);
+        PeerTag(tag)
+    }
+}
+
+/// When this node last met a peer (this device's clock). How many peers a node met lately is
+/// what routing hands last copies by ([`crate::policy`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Encounter {
+    pub peer: PeerTag,
+    pub at_secs: u64,
+}
+
 /// The first 16 bytes of an [`ItemId`]: what the in-memory reconciliation index keeps per
 /// item (16 bytes instead of 32), and what a session salts into short ids.
 pub type ReconKey = u128;
@@ -143,6 +170,9 @@ pub enum WriteOp {
     RemovePartial(ItemId),
     PutInbox(InboxEntry),
     AckInbox(ItemId),
+    /// Remember meeting a peer (replaces an older time; beyond [`MAX_ENCOUNTERS`] the least
+    /// recent encounter is forgotten).
+    RecordEncounter(Encounter),
 }
 
 /// Mutations to apply atomically.
@@ -208,6 +238,10 @@ pub trait Store {
     fn partial_ids(&self, limit: usize) -> Result<Vec<ItemId>, StoreError>;
     /// Up to `limit` inbox entries, oldest first.
     fn inbox(&self, limit: usize) -> Result<Vec<InboxEntry>, StoreError>;
+    /// Up to `limit` encounters, most recent first (ties: lower tag first).
+    fn encounters(&self, limit: usize) -> Result<Vec<Encounter>, StoreError>;
+    /// When this node last met `peer`.
+    fn last_encounter(&self, peer: &PeerTag) -> Result<Option<u64>, StoreError>;
     /// Heap bytes held by the in-memory reconciliation index (for the benchmark).
     fn recon_index_bytes(&self) -> usize;
     /// Applies the batch atomically and durably.
@@ -262,7 +296,8 @@ pub(crate) fn validate_op(op: &WriteOp) -> Result<(), StoreError> {
         WriteOp::RemoveItem(_)
         | WriteOp::SetCopies(..)
         | WriteOp::RemovePartial(_)
-        | WriteOp::AckInbox(_) => {}
+        | WriteOp::AckInbox(_)
+        | WriteOp::RecordEncounter(_) => {}
     }
     Ok(())
 }

@@ -48,6 +48,10 @@ struct Cli {
     /// Copy budget of each message (binary spray-and-wait; 255 is close to epidemic).
     #[arg(long, default_value_t = 255, value_parser = clap::value_parser!(u8).range(1..))]
     copies: u8,
+    /// Plain spray-and-wait: a last copy waits for its destination instead of moving
+    /// towards it.
+    #[arg(long)]
+    no_focus: bool,
     /// Store implementation: mem or lmdb (one LMDB environment per node in a temp dir).
     #[arg(long, default_value = "mem")]
     store: String,
@@ -102,6 +106,7 @@ fn main() -> anyhow::Result<()> {
         loss: cli.loss,
         buffer_bytes: cli.buffer_bytes,
         copies: cli.copies,
+        focus: !cli.no_focus,
         frame_latency_ms: cli.frame_latency_ms,
         reconnect_backoff_ms: cli.reconnect_backoff_ms,
         stall_timeout_ms: cli.stall_timeout_ms,

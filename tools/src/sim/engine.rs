@@ -46,8 +46,11 @@ pub struct EngineConfig {
     /// Probability that a frame is lost (and the session with it).
     pub loss: f64,
     pub buffer_bytes: u64,
-    /// Copy budget of every message (binary spray-and-wait); 255 is close to epidemic.
+    /// Copy budget of every message (binary spray); 255 is close to epidemic.
     pub copies: u8,
+    /// Hand last copies towards the destination ([`RoutingPolicy::focus`]); off is plain
+    /// spray-and-wait.
+    pub focus: bool,
     /// Propagation plus processing delay of every frame.
     pub frame_latency_ms: u64,
     /// Wait before reopening a session broken by a lost frame.
@@ -67,6 +70,7 @@ impl Default for EngineConfig {
             loss: 0.0,
             buffer_bytes: 1 << 30,
             copies: 255,
+            focus: true,
             frame_latency_ms: 10,
             reconnect_backoff_ms: 2_000,
             expire_every_ms: 60_000,
@@ -87,6 +91,11 @@ pub struct EngineOutcome {
     /// Envelope sends completed (last chunk left the sender), all hops.
     pub envelope_transfers: u64,
     pub tombstone_transfers: u64,
+    /// Last copies handed on with custody (focus phase).
+    pub handovers: u64,
+    /// Per message: most nodes holding a copy at one instant before it was delivered (or
+    /// ever, if it never was); the sender counts.
+    pub peak_copies: Vec<u32>,
     pub items_refused: u64,
     /// Refusals by reason (`Tombstoned`, `Expired`, ...).
     pub items_refused_reasons: BTreeMap<String, u64>,
@@ -105,6 +114,9 @@ pub struct EngineOutcome {
     /// Messages the sender's own store refused (its quota is full of its own messages, or
     /// smaller than the message).
     pub originate_failures: u64,
+    /// Messages still undelivered and unexpired at the end that no node holds any more:
+    /// evicted from full buffers, or lost by a bug (with ample buffers this must be 0).
+    pub vanished: u64,
 }
 
 /// Why a run could not be carried out (as opposed to a session failing, which is counted).
@@ -135,6 +147,7 @@ pub fn node_policy(index: usize, config: &EngineConfig) -> NodePolicy {
         scopes: vec![node_scope(index)],
         routing: RoutingPolicy {
             max_copies_accepted: config.copies.max(1),
+            focus: config.focus,
         },
         quota_bytes: config.buffer_bytes,
         clock_skew_tolerance_secs: 0,
@@ -263,8 +276,14 @@ pub struct Engine<'t, S> {
     seq: u64,
     now_us: u64,
     message_of: HashMap<ItemId, usize>,
+    /// The envelope id of each message, once originated.
+    message_ids: Vec<Option<ItemId>>,
     /// Hop count of the first copy each node got, per message; only for messages in flight.
     hops: HashMap<(usize, usize), u32>,
+    /// Nodes that held a copy of each message when last looked at (some may have dropped
+    /// it since: receipts and evictions are not announced, so the set is re-checked against
+    /// the stores whenever it grows).
+    holders: HashMap<usize, BTreeSet<usize>>,
     out: EngineOutcome,
 }
 
@@ -321,9 +340,12 @@ impl<'t, S: Store> Engine<'t, S> {
             seq: 0,
             now_us: 0,
             message_of: HashMap::new(),
+            message_ids: vec![None; trace.messages.len()],
+            holders: HashMap::new(),
             hops: HashMap::new(),
             out: EngineOutcome {
                 delivered_ms: vec![None; trace.messages.len()],
+                peak_copies: vec![0; trace.messages.len()],
                 delivered_hops: vec![0; trace.messages.len()],
                 ..EngineOutcome::default()
             },
@@ -358,6 +380,7 @@ impl<'t, S: Store> Engine<'t, S> {
             self.now_us = time_us;
             self.handle(event)?;
         }
+        self.count_vanished(horizon_us / 1000);
         let stores = self.nodes.into_iter().map(|n| n.store).collect();
         Ok((self.out, stores))
     }
@@ -436,7 +459,9 @@ impl<'t, S: Store> Engine<'t, S> {
         match session::originate(&mut node.store, &node.policy, &envelope, now) {
             Ok(id) => {
                 self.message_of.insert(id, message);
+                self.message_ids[message] = Some(id);
                 self.hops.insert((m.from, message), 0);
+                self.count_holder(message, m.from);
                 self.store_changed(m.from, None);
             }
             Err(_) => self.out.originate_failures += 1,
@@ -687,6 +712,9 @@ impl<'t, S: Store> Engine<'t, S> {
                     changed = true;
                     if matches!(kind, ItemKind::Envelope) {
                         self.record_hop(id, node, peer);
+                        if let Some(&message) = self.message_of.get(&id) {
+                            self.count_holder(message, node);
+                        }
                     }
                 }
                 SyncEvent::Delivered { id } => {
@@ -712,6 +740,7 @@ impl<'t, S: Store> Engine<'t, S> {
                         self.out.tombstone_transfers += 1;
                     }
                 }
+                SyncEvent::HandedOver { .. } => self.out.handovers += 1,
                 SyncEvent::RoundComplete {
                     recon_bytes_sent, ..
                 } => {
@@ -724,6 +753,41 @@ impl<'t, S: Store> Engine<'t, S> {
         if changed {
             self.store_changed(node, Some(link));
         }
+    }
+
+    fn count_vanished(&mut self, horizon_ms: u64) {
+        for (message, id) in self.message_ids.iter().enumerate() {
+            let Some(id) = id else { continue };
+            let expired = self.trace.messages[message].expires_ms() <= horizon_ms;
+            if self.out.delivered_ms[message].is_some() || expired {
+                continue;
+            }
+            let held = self
+                .nodes
+                .iter()
+                .any(|n| n.store.contains(id).unwrap_or(false));
+            if !held {
+                self.out.vanished += 1;
+            }
+        }
+    }
+
+    /// `node` now holds a copy of `message`: update the message's peak of simultaneous
+    /// copies, until it is delivered.
+    fn count_holder(&mut self, message: usize, node: usize) {
+        if self.out.delivered_ms[message].is_some() {
+            self.holders.remove(&message);
+            return;
+        }
+        let Some(id) = self.message_ids[message] else {
+            return;
+        };
+        let holders = self.holders.entry(message).or_default();
+        let nodes = &self.nodes;
+        holders.retain(|&n| nodes[n].store.contains(&id).unwrap_or(false));
+        holders.insert(node);
+        let peak = &mut self.out.peak_copies[message];
+        *peak = (*peak).max(holders.len() as u32);
     }
 
     fn record_hop(&mut self, id: ItemId, node: usize, peer: usize) {

@@ -194,6 +194,12 @@ pub fn build_report(
         frames_lost: out.frames_lost,
         envelope_transfers: out.envelope_transfers,
         tombstone_transfers: out.tombstone_transfers,
+        copies_peak_mean: ratio(
+            out.peak_copies.iter().map(|&c| f64::from(c)).sum(),
+            messages as f64,
+        ),
+        copies_peak_max: out.peak_copies.iter().copied().max().unwrap_or(0),
+        handovers: out.handovers,
         items_refused: out.items_refused,
         items_refused_reasons: out.items_refused_reasons.clone(),
         receipts_for_own: out.receipts_for_own,
@@ -204,11 +210,17 @@ pub fn build_report(
         misdeliveries: out.misdeliveries,
         items_expired: out.items_expired,
         originate_failures: out.originate_failures,
+        vanished: out.vanished,
         config: ReportConfig {
             mtu: config.mtu,
             loss_ppm: (config.loss * 1e6).round() as u64,
             buffer_bytes: config.buffer_bytes,
             copies: config.copies,
+            routing: if config.focus {
+                "spray-and-focus"
+            } else {
+                "spray-and-wait"
+            },
             store: store.name(),
             frame_latency_ms: config.frame_latency_ms,
             reconnect_backoff_ms: config.reconnect_backoff_ms,

@@ -43,6 +43,13 @@ pub struct SimReport {
     pub frames_lost: u64,
     pub envelope_transfers: u64,
     pub tombstone_transfers: u64,
+    /// Most copies of one message held at one instant before its delivery (the sender's
+    /// included), averaged over messages: what routing costs in buffer space across the
+    /// team. Epidemic routing reaches most of the nodes; spray bounds it by the budget.
+    pub copies_peak_mean: f64,
+    pub copies_peak_max: u32,
+    /// Last copies handed on with custody (focus phase).
+    pub handovers: u64,
     /// Items a receiver refused (already tombstoned, expired, no room): airtime spent for
     /// nothing, the protocol's waste to drive down.
     pub items_refused: u64,
@@ -60,6 +67,9 @@ pub struct SimReport {
     pub items_expired: u64,
     /// Messages that never entered the network: the sender's own store refused them.
     pub originate_failures: u64,
+    /// Undelivered, unexpired messages no node holds any more (evicted; with ample buffers,
+    /// a bug).
+    pub vanished: u64,
     pub config: ReportConfig,
     /// Wall-clock time of the run; absent with `--no-timing`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -74,6 +84,8 @@ pub struct ReportConfig {
     pub loss_ppm: u64,
     pub buffer_bytes: u64,
     pub copies: u8,
+    /// `spray-and-focus` or `spray-and-wait`.
+    pub routing: &'static str,
     pub store: &'static str,
     pub frame_latency_ms: u64,
     pub reconnect_backoff_ms: u64,
