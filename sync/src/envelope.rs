@@ -37,17 +37,54 @@ pub const MAX_LIFETIME_SECS: u32 = 90 * 24 * 3600;
 pub const MAX_COPY_BUDGET: u8 = u8::MAX;
 
 /// Most header bytes an envelope can have: tag 1, `created_at_secs` varint ≤ 9,
-/// `lifetime_secs` varint ≤ 5, scope 8, priority 1, copy budget 1, body length varint ≤ 3
-/// (`MAX_BODY_LEN` < 2^16). A typical header (2026 timestamp, lifetime over 18 h, body under
-/// 251 bytes) is 22 bytes.
-pub const MAX_ENVELOPE_HEADER_LEN: usize = 28;
+/// `lifetime_secs` varint ≤ 5, scope 8, priority 1, copy budget 1, receipt lock 12, body
+/// length varint ≤ 3 (`MAX_BODY_LEN` < 2^16). A typical header (2026 timestamp, lifetime
+/// over 18 h, body under 251 bytes) is 34 bytes.
+pub const MAX_ENVELOPE_HEADER_LEN: usize = 40;
 
 /// Largest encoding of any item: an envelope with a full body and the largest header (a
 /// tombstone is at most [`MAX_TOMBSTONE_LEN`] bytes). Tested to be exact.
 pub const MAX_ITEM_LEN: usize = MAX_BODY_LEN + MAX_ENVELOPE_HEADER_LEN;
 
-/// Largest encoding of a tombstone: tag 1, target 32, scope 8, `expires_at_secs` varint ≤ 9.
-pub const MAX_TOMBSTONE_LEN: usize = 50;
+/// Largest encoding of a tombstone: tag 1, target 32, scope 8, `expires_at_secs` varint ≤ 9,
+/// receipt proof 16.
+pub const MAX_TOMBSTONE_LEN: usize = 66;
+
+/// The secret a recipient reveals, in a tombstone, to prove it got an envelope.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReceiptProof(pub [u8; 16]);
+
+/// The public commitment to a [`ReceiptProof`] an envelope carries: a carrier purges the
+/// envelope only for a tombstone whose proof opens this lock, so nobody but someone who could
+/// read the message (its recipient, or its sender) can make the network drop it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ReceiptLock(pub [u8; 12]);
+
+impl ReceiptProof {
+    /// The lock this proof opens: BLAKE3 (derive-key mode) of the proof, truncated. 96 bits:
+    /// forging a proof for a given envelope takes 2^96 hashes.
+    pub fn lock(&self) -> ReceiptLock {
+        let hash = blake3::derive_key("cairn 2026-11 receipt lock", &self.0);
+        let mut lock = [0u8; 12];
+        lock.copy_from_slice(&hash[..12]);
+        ReceiptLock(lock)
+    }
+}
+
+impl std::fmt::Debug for ReceiptProof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReceiptProof({})", hex_prefix(&self.0))
+    }
+}
+
+fn hex_prefix(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        + ".."
+}
 
 // MAX_ITEM_LEN bounds every kind.
 const _: () = assert!(MAX_TOMBSTONE_LEN <= MAX_ITEM_LEN);
@@ -63,7 +100,7 @@ pub const TOMBSTONE_TAG_V1: u8 = 0xC2;
 const ENVELOPE_ID_CONTEXT: &str = "cairn 2026-11 envelope id v1";
 
 /// BLAKE3 derive-key context for tombstone ids.
-const TOMBSTONE_ID_CONTEXT: &str = "cairn 2026-11 tombstone id v1";
+const TOMBSTONE_ID_CONTEXT: &str = "cairn 2026-11 tombstone id v2";
 
 /// The content address of an item: BLAKE3 (derive-key mode, one context per kind) of its
 /// canonical encoding.
@@ -99,6 +136,9 @@ pub struct Envelope {
     /// How many copies the sender allows in the network (spray budget); 0 means "direct
     /// delivery only" is never useful, so the encoding refuses it.
     pub copy_budget: u8,
+    /// Opened by the proof in the recipient's tombstone ([`ReceiptProof::lock`]). Sealed
+    /// envelopes use it as their nonce, so it costs nothing extra.
+    pub receipt_lock: ReceiptLock,
     /// Opaque bytes, at most [`MAX_BODY_LEN`].
     pub body: Vec<u8>,
 }
@@ -112,6 +152,8 @@ pub struct Tombstone {
     /// that concern them.
     pub scope: ScopeTag,
     pub expires_at_secs: u64,
+    /// Opens the target's [`Envelope::receipt_lock`]: the tombstone is genuine.
+    pub proof: ReceiptProof,
 }
 
 /// What a store holds and a session reconciles.
@@ -266,6 +308,52 @@ impl<'de, Context> BorrowDecode<'de, Context> for ScopeTag {
     }
 }
 
+impl Encode for ReceiptLock {
+    fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        encoder.writer().write(&self.0)
+    }
+}
+
+impl<Context> Decode<Context> for ReceiptLock {
+    fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
+        decoder.claim_bytes_read(12)?;
+        let mut lock = [0u8; 12];
+        decoder.reader().read(&mut lock)?;
+        Ok(ReceiptLock(lock))
+    }
+}
+
+impl<'de, Context> BorrowDecode<'de, Context> for ReceiptLock {
+    fn borrow_decode<D: BorrowDecoder<'de, Context = Context>>(
+        decoder: &mut D,
+    ) -> Result<Self, DecodeError> {
+        Decode::decode(decoder)
+    }
+}
+
+impl Encode for ReceiptProof {
+    fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        encoder.writer().write(&self.0)
+    }
+}
+
+impl<Context> Decode<Context> for ReceiptProof {
+    fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
+        decoder.claim_bytes_read(16)?;
+        let mut proof = [0u8; 16];
+        decoder.reader().read(&mut proof)?;
+        Ok(ReceiptProof(proof))
+    }
+}
+
+impl<'de, Context> BorrowDecode<'de, Context> for ReceiptProof {
+    fn borrow_decode<D: BorrowDecoder<'de, Context = Context>>(
+        decoder: &mut D,
+    ) -> Result<Self, DecodeError> {
+        Decode::decode(decoder)
+    }
+}
+
 impl Encode for Priority {
     fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
         self.as_u8().encode(encoder)
@@ -295,6 +383,7 @@ struct EnvelopeFieldsRef<'a> {
     scope: ScopeTag,
     priority: u8,
     copy_budget: u8,
+    receipt_lock: ReceiptLock,
     body: &'a [u8],
 }
 
@@ -308,6 +397,7 @@ struct EnvelopeFields {
     scope: ScopeTag,
     priority: u8,
     copy_budget: u8,
+    receipt_lock: ReceiptLock,
     body: BoundedBytes<MAX_BODY_LEN>,
 }
 
@@ -316,6 +406,7 @@ struct TombstoneFields {
     target: ItemId,
     scope: ScopeTag,
     expires_at_secs: u64,
+    proof: ReceiptProof,
 }
 
 /// Checks the tag and overall length shared by both kinds' decoders; returns the bytes after
@@ -354,6 +445,7 @@ impl Envelope {
             scope: self.scope,
             priority: self.priority.as_u8(),
             copy_budget: self.copy_budget,
+            receipt_lock: self.receipt_lock,
             body: &self.body,
         };
         let mut out = Vec::with_capacity(MAX_ENVELOPE_HEADER_LEN + self.body.len());
@@ -380,6 +472,7 @@ impl Envelope {
             scope: fields.scope,
             priority,
             copy_budget: fields.copy_budget,
+            receipt_lock: fields.receipt_lock,
             body: fields.body.into_inner(),
         };
         envelope.validate()?;
@@ -416,12 +509,19 @@ impl Envelope {
 
 impl Tombstone {
     /// The anti-packet that purges `envelope`, living exactly as long as the envelope could.
-    pub fn for_envelope(envelope: &Envelope) -> Tombstone {
+    /// `proof` must open the envelope's lock ([`Tombstone::opens`]) or carriers refuse it.
+    pub fn for_envelope(envelope: &Envelope, proof: ReceiptProof) -> Tombstone {
         Tombstone {
             target: envelope.id(),
             scope: envelope.scope,
             expires_at_secs: envelope.expires_at_secs(),
+            proof,
         }
+    }
+
+    /// Whether this tombstone is a genuine receipt for `envelope`.
+    pub fn opens(&self, envelope: &Envelope) -> bool {
+        self.target == envelope.id() && self.proof.lock() == envelope.receipt_lock
     }
 
     /// The canonical encoding: what is stored, sent and hashed into the id.
@@ -430,6 +530,7 @@ impl Tombstone {
             target: self.target,
             scope: self.scope,
             expires_at_secs: self.expires_at_secs,
+            proof: self.proof,
         };
         let mut out = Vec::with_capacity(MAX_TOMBSTONE_LEN);
         out.push(TOMBSTONE_TAG_V1);
@@ -445,12 +546,23 @@ impl Tombstone {
             target: fields.target,
             scope: fields.scope,
             expires_at_secs: fields.expires_at_secs,
+            proof: fields.proof,
         })
     }
 
-    /// BLAKE3 of the canonical encoding, in the tombstone id context.
+    /// BLAKE3 of the target's id, in the tombstone id context.
+    ///
+    /// A tombstone's id depends on its target alone: there is one receipt per envelope, so a
+    /// peer can tell from an envelope's id alone which tombstone would purge it (the session
+    /// skips sending envelopes whose receipt the peer holds), and a forged receipt cannot
+    /// live next to the real one as a second item.
     pub fn id(&self) -> ItemId {
-        ItemId(blake3::derive_key(TOMBSTONE_ID_CONTEXT, &self.encode()))
+        Tombstone::id_for(&self.target)
+    }
+
+    /// The id of the tombstone that targets `envelope`.
+    pub fn id_for(envelope: &ItemId) -> ItemId {
+        ItemId(blake3::derive_key(TOMBSTONE_ID_CONTEXT, &envelope.0))
     }
 
     pub fn expires_at_secs(&self) -> u64 {
@@ -539,8 +651,13 @@ mod tests {
             scope: ScopeTag([1, 2, 3, 4, 5, 6, 7, 8]),
             priority: Priority::Normal,
             copy_budget: 8,
+            receipt_lock: golden_proof().lock(),
             body: b"hello, cairn".to_vec(),
         }
+    }
+
+    fn golden_proof() -> ReceiptProof {
+        ReceiptProof([0x5C; 16])
     }
 
     fn golden_tombstone() -> Tombstone {
@@ -548,6 +665,7 @@ mod tests {
             target: ItemId([0xAB; 32]),
             scope: ScopeTag([1, 2, 3, 4, 5, 6, 7, 8]),
             expires_at_secs: 1_790_604_800,
+            proof: golden_proof(),
         }
     }
 
@@ -556,7 +674,9 @@ mod tests {
     fn with_fields(priority: u8, copy_budget: u8, lifetime: [u8; 5]) -> Vec<u8> {
         let mut bytes = vec![ENVELOPE_TAG_V1, 0xFC, 0x80, 0x3B, 0xB1, 0x6A];
         bytes.extend_from_slice(&lifetime);
-        bytes.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, priority, copy_budget, 2, b'h', b'i']);
+        bytes.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, priority, copy_budget]);
+        bytes.extend_from_slice(&[0x11; 12]);
+        bytes.extend_from_slice(&[2, b'h', b'i']);
         bytes
     }
 
@@ -565,16 +685,18 @@ mod tests {
     #[test]
     fn golden_envelope_vector() {
         // c1 | created 0xFC+u32 LE | lifetime 0xFC+u32 LE | scope | prio 01 | budget 08 |
-        // body len 0c | "hello, cairn"
+        // receipt lock (12) | body len 0c | "hello, cairn"
         let envelope = golden_envelope();
         let bytes = envelope.encode();
         assert_eq!(
             hex::encode(&bytes),
-            "c1fc803bb16afc803a0900010203040506070801080c68656c6c6f2c20636169726e"
+            "c1fc803bb16afc803a090001020304050607080108\
+             201c5fe4d48260acd6e29af4\
+             0c68656c6c6f2c20636169726e"
         );
         assert_eq!(
             envelope.id().to_hex(),
-            "6cb0962df6c8df8b62a3e04b9db56a15fc5a838b85dac4a7cf463991d2d41e59"
+            "04fc1bccf6aebdbac8f2f62316ea5df37743413a0ba38b718f705aed7530572d"
         );
         assert_eq!(Envelope::decode(&bytes).unwrap(), envelope);
         assert_eq!(Item::decode(&bytes).unwrap(), Item::Envelope(envelope));
@@ -587,11 +709,11 @@ mod tests {
         assert_eq!(
             hex::encode(&bytes),
             "c2abababababababababababababababababababababababababababababababab\
-             0102030405060708fc0076ba6a"
+             0102030405060708fc0076ba6a5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c"
         );
         assert_eq!(
             tombstone.id().to_hex(),
-            "109eb96418552e3ff39079322a5c8b02fb237558309da49c81abe1ac41547a35"
+            "d032e4a1028f9e3fb7fcfb79668a3900ae845d00e34462ecc267139dcac2c288"
         );
         assert_eq!(Tombstone::decode(&bytes).unwrap(), tombstone);
         assert_eq!(Item::decode(&bytes).unwrap(), Item::Tombstone(tombstone));
@@ -614,8 +736,21 @@ mod tests {
     #[test]
     fn tombstone_for_envelope_targets_it_until_its_expiry() {
         let envelope = golden_envelope();
-        let tombstone = Tombstone::for_envelope(&envelope);
+        let tombstone = Tombstone::for_envelope(&envelope, golden_proof());
         assert_eq!(tombstone.target, envelope.id());
+        assert!(tombstone.opens(&envelope));
+        let forged = Tombstone::for_envelope(&envelope, ReceiptProof([0x5D; 16]));
+        assert!(!forged.opens(&envelope));
+        let other = Envelope {
+            body: b"other".to_vec(),
+            ..golden_envelope()
+        };
+        assert!(
+            !tombstone.opens(&other),
+            "a proof opens its own envelope only"
+        );
+        assert_eq!(tombstone.id(), forged.id(), "one receipt id per envelope");
+        assert_eq!(tombstone.id(), Tombstone::id_for(&envelope.id()));
         assert_eq!(tombstone.scope, envelope.scope);
         assert_eq!(tombstone.expires_at_secs, 1_790_000_000 + 604_800);
     }
@@ -627,8 +762,9 @@ mod tests {
             ..golden_envelope()
         };
         let len = envelope.encode().len();
-        assert_eq!(len, 122, "header is 22 bytes");
-        assert!(len <= 125);
+        assert_eq!(len, 134, "header is 34 bytes");
+        // A 200-byte LoRa frame less the hop session's 21 bytes and a chunk's 14.
+        assert!(len <= 165);
     }
 
     #[test]
@@ -639,6 +775,7 @@ mod tests {
             scope: ScopeTag([0xFF; 8]),
             priority: Priority::Bulk,
             copy_budget: MAX_COPY_BUDGET,
+            receipt_lock: ReceiptLock([0xFF; 12]),
             body: vec![0xFF; MAX_BODY_LEN],
         };
         let bytes = largest.encode();
@@ -681,7 +818,12 @@ mod tests {
                         // Flipped body/scope/target bytes give another valid item: it must
                         // round-trip exactly and have its own id.
                         assert_eq!(item.encode(), bytes);
-                        assert_ne!(item.id(), original_id);
+                        // A tombstone is named by its target alone.
+                        let same_target = matches!(
+                            (&item, Item::decode(&original)),
+                            (Item::Tombstone(a), Ok(Item::Tombstone(b))) if a.target == b.target
+                        );
+                        assert_eq!(item.id() == original_id, same_target);
                     }
                 }
             }
@@ -827,7 +969,7 @@ mod tests {
         assert_eq!(item.expires_at_secs(), 1_790_604_800);
         assert_eq!(item.id(), envelope.id());
 
-        let item = Item::Tombstone(Tombstone::for_envelope(&envelope));
+        let item = Item::Tombstone(Tombstone::for_envelope(&envelope, golden_proof()));
         assert_eq!(
             item.kind(),
             ItemKind::Tombstone {
@@ -899,18 +1041,20 @@ mod tests {
             any::<[u8; 8]>(),
             0u8..3,
             1u8..=MAX_COPY_BUDGET,
+            any::<[u8; 12]>(),
             proptest::collection::vec(any::<u8>(), 0..600),
         )
-            .prop_map(
-                |(created, lifetime, scope, priority, budget, body)| Envelope {
+            .prop_map(|(created, lifetime, scope, priority, budget, lock, body)| {
+                Envelope {
                     created_at_secs: created,
                     lifetime_secs: lifetime,
                     scope: ScopeTag(scope),
                     priority: Priority::from_u8(priority).unwrap(),
                     copy_budget: budget,
+                    receipt_lock: ReceiptLock(lock),
                     body,
-                },
-            )
+                }
+            })
     }
 
     proptest! {
@@ -929,12 +1073,14 @@ mod tests {
 
         #[test]
         fn tombstones_round_trip_with_stable_ids(
-            target in any::<[u8; 32]>(), scope in any::<[u8; 8]>(), expires in any::<u64>()
+            target in any::<[u8; 32]>(), scope in any::<[u8; 8]>(), expires in any::<u64>(),
+            proof in any::<[u8; 16]>()
         ) {
             let tombstone = Tombstone {
                 target: ItemId(target),
                 scope: ScopeTag(scope),
                 expires_at_secs: expires,
+                proof: ReceiptProof(proof),
             };
             let bytes = tombstone.encode();
             prop_assert!(bytes.len() <= MAX_TOMBSTONE_LEN);

@@ -26,7 +26,7 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::codec::{BoundedBytes, BoundedVec, CodecError};
-use crate::envelope::{Item, ItemError, ItemId, ScopeTag, Tombstone, MAX_ITEM_LEN};
+use crate::envelope::{Item, ItemError, ItemId, ReceiptProof, ScopeTag, Tombstone, MAX_ITEM_LEN};
 use crate::policy::{self, NodePolicy, PeerWants, Sociability, ACTIVITY_WINDOW_SECS};
 use crate::recon::{ReconError, ReconMessage, Reconciler, Salt, ShortId};
 use crate::store::{
@@ -98,9 +98,11 @@ pub enum SyncEvent {
         kind: ItemKind,
         bytes: usize,
     },
-    /// An envelope for one of our scopes arrived; it is in the store's inbox.
+    /// An envelope for one of our scopes arrived; it is in the store's inbox until the
+    /// application takes it and calls [`acknowledge`], which publishes the receipt.
     Delivered { id: ItemId },
-    /// The tombstone of one of our own envelopes arrived: its recipient has it.
+    /// The tombstone of one of our own envelopes arrived, and its proof opens the envelope's
+    /// lock: its recipient has it.
     ReceiptForOwn { id: ItemId },
     /// An item was refused (expired, from the future, tombstoned, or no room).
     ItemRefused { id: ItemId, reason: RefusedBecause },
@@ -125,6 +127,9 @@ pub enum RefusedBecause {
     FromTheFuture,
     Tombstoned,
     NoRoom,
+    /// A tombstone whose proof does not open its envelope's lock: someone tried to make the
+    /// network drop a message they cannot read.
+    ForgedReceipt,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +153,10 @@ pub enum SyncError {
     Closed,
     #[error("MTU {0} outside the supported {MIN_MTU}..={MAX_MTU}")]
     BadMtu(usize),
+    #[error("no such envelope in the inbox")]
+    NotInInbox,
+    #[error("the receipt proof does not open the envelope's lock")]
+    WrongProof,
 }
 
 /// Stores a local envelope (this device's user wrote it). Returns its id; storing the same
@@ -186,6 +195,41 @@ pub fn originate<S: Store>(
 }
 
 /// Removes items past their expiry (plus the skew tolerance). One commit; returns how many.
+/// The application has taken delivered envelope `id` out of the inbox (and stored it where
+/// it keeps messages): drop it from the inbox and publish its receipt, a tombstone carrying
+/// `proof`, so carriers purge their copies and the sender learns it arrived. Only whoever
+/// opened the envelope can compute the proof; a wrong one is refused here rather than sent
+/// out to be refused by everyone. Tell open sessions afterwards (`notify_store_changed`).
+pub fn acknowledge<S: Store>(
+    store: &mut S,
+    id: &ItemId,
+    proof: ReceiptProof,
+    now: Timestamp,
+) -> Result<ItemId, SyncError> {
+    let entry = store.inbox_entry(id)?.ok_or(SyncError::NotInInbox)?;
+    let Item::Envelope(envelope) = Item::decode(&entry.encoded)? else {
+        return Err(SyncError::NotInInbox);
+    };
+    let tombstone = Tombstone::for_envelope(&envelope, proof);
+    if !tombstone.opens(&envelope) {
+        return Err(SyncError::WrongProof);
+    }
+    let item = Item::Tombstone(tombstone);
+    let encoded = item.encode();
+    let tomb_id = item.id();
+    let mut batch = WriteBatch::new();
+    batch.push(WriteOp::AckInbox(*id));
+    if !store.contains(&tomb_id)? {
+        batch.push(WriteOp::PutItem(StoredItem {
+            id: tomb_id,
+            meta: meta_for(&item, now, encoded.len(), 1, Origin::Local),
+            encoded,
+        }));
+    }
+    store.commit(batch)?;
+    Ok(tomb_id)
+}
+
 pub fn expire<S: Store>(
     store: &mut S,
     policy: &NodePolicy,
@@ -206,6 +250,36 @@ pub fn expire<S: Store>(
             batch.push(WriteOp::RemoveItem(id));
         }
         store.commit(batch)?;
+    }
+}
+
+/// The stored item `id`, unless this step removed it (or added it: an item added in this
+/// step is checked by whoever added it).
+fn step_item<S: Store>(
+    store: &S,
+    step: &Step,
+    id: &ItemId,
+) -> Result<Option<StoredItem>, StoreError> {
+    if step.removed.contains(id) {
+        return Ok(None);
+    }
+    store.get(id)
+}
+
+/// The tombstone stored for envelope `id`, decoded, unless this step removed it.
+fn stored_tombstone<S: Store>(
+    store: &S,
+    step: &Step,
+    id: &ItemId,
+) -> Result<Option<Tombstone>, SyncError> {
+    let Some(item) = step_item(store, step, &Tombstone::id_for(id))? else {
+        return Ok(None);
+    };
+    match Item::decode(&item.encoded)? {
+        Item::Tombstone(t) => Ok(Some(t)),
+        Item::Envelope(_) => Err(SyncError::Store(StoreError::Corrupt(
+            "an envelope stored under a tombstone id".into(),
+        ))),
     }
 }
 
@@ -413,6 +487,9 @@ pub struct SyncSession {
     /// round was refused (no room, expired for it): offering it again every round would
     /// spend the link on refusals.
     sent: HashSet<ReconKey>,
+    /// Envelopes the peer sent us forged receipts for: it holds a false tombstone, so it must
+    /// get the envelope (which proves the tombstone false) rather than be skipped.
+    forged_receipts: HashSet<ItemId>,
     round: Option<Round>,
     store_changed: bool,
     peer_wants_resync: bool,
@@ -447,6 +524,7 @@ impl SyncSession {
             sociability: Sociability::default(),
             awaiting_custody: HashSet::new(),
             sent: HashSet::new(),
+            forged_receipts: HashSet::new(),
             round: None,
             store_changed: false,
             peer_wants_resync: false,
@@ -1011,35 +1089,53 @@ impl SyncSession {
         if policy.is_from_future(item.created_at_secs(), now_secs) {
             return refuse(step, RefusedBecause::FromTheFuture);
         }
-        if store.tombstone_for(&id)?.is_some() {
-            return refuse(step, RefusedBecause::Tombstoned);
+        if let Item::Envelope(envelope) = &item {
+            if let Some(receipt) = stored_tombstone(store, step, &id)? {
+                if receipt.opens(envelope) {
+                    return refuse(step, RefusedBecause::Tombstoned);
+                }
+                // A forged receipt someone passed us before we could check it: the envelope
+                // proves it false.
+                step.remove(store, receipt.id())?;
+                step.events.push(SyncEvent::ItemRefused {
+                    id: receipt.id(),
+                    reason: RefusedBecause::ForgedReceipt,
+                });
+            }
         }
         let bytes = encoded.len();
         match item {
-            Item::Envelope(envelope) if policy.is_destination(&envelope.scope) => {
-                // Ours: into the inbox, and an anti-packet so carriers purge their copies.
-                let tombstone = Item::Tombstone(Tombstone::for_envelope(&envelope));
-                let tomb_encoded = tombstone.encode();
-                let tomb_id = tombstone.id();
+            Item::Envelope(ref envelope) if policy.is_destination(&envelope.scope) => {
+                if store.in_inbox(&id)? {
+                    // Delivered already; the application has not acknowledged it yet.
+                    return Ok(());
+                }
+                // Ours: into the inbox. The receipt follows when the application has taken it
+                // ([`acknowledge`]): only it can compute the proof.
                 step.batch.push(WriteOp::PutInbox(InboxEntry {
                     id,
                     received_at: now,
                     encoded,
                 }));
-                if !step.contains(store, &tomb_id)? {
-                    step.put(StoredItem {
-                        id: tomb_id,
-                        meta: meta_for(&tombstone, now, tomb_encoded.len(), 1, Origin::Local),
-                        encoded: tomb_encoded,
-                    });
-                }
                 step.events.push(SyncEvent::Delivered { id });
-                // Our own copy must not be carried on (it is delivered).
-                self.store_changed = true;
             }
             Item::Tombstone(ref tombstone) => {
-                if let Some(target) = step.remove(store, tombstone.target)? {
-                    if target.origin == Origin::Local {
+                if let Some(target) = step_item(store, step, &tombstone.target)? {
+                    let genuine = match Item::decode(&target.encoded) {
+                        Ok(Item::Envelope(envelope)) => tombstone.opens(&envelope),
+                        _ => false,
+                    };
+                    if !genuine {
+                        // Only someone who can read the envelope can make it disappear. The
+                        // peer believes the forgery: another round sends it the envelope.
+                        if self.forged_receipts.len() < MAX_AWAITING_CUSTODY {
+                            self.forged_receipts.insert(tombstone.target);
+                            self.store_changed = true;
+                        }
+                        return refuse(step, RefusedBecause::ForgedReceipt);
+                    }
+                    step.remove(store, tombstone.target)?;
+                    if target.meta.origin == Origin::Local {
                         step.events.push(SyncEvent::ReceiptForOwn {
                             id: tombstone.target,
                         });
@@ -1149,12 +1245,10 @@ impl SyncSession {
             if meta.kind == ItemKind::Envelope && !local_lacks.is_empty() {
                 // The peer may hold this envelope's receipt (we lack it, so it is among the
                 // short ids we asked for): sending the envelope would only be refused.
-                let receipt = Item::Tombstone(Tombstone {
-                    target: id,
-                    scope: meta.scope,
-                    expires_at_secs: meta.expires_at_secs,
-                });
-                if local_lacks.contains(&salt.short_id(recon_key(&receipt.id()))) {
+                let receipt = Tombstone::id_for(&id);
+                if local_lacks.contains(&salt.short_id(recon_key(&receipt)))
+                    && !self.forged_receipts.contains(&id)
+                {
                     continue;
                 }
             }

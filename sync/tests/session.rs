@@ -5,11 +5,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use cairn_sync::envelope::{Envelope, Item, ItemId, Priority, ScopeTag};
+use cairn_sync::envelope::{Envelope, Item, ItemId, Priority, ReceiptProof, ScopeTag, Tombstone};
 use cairn_sync::policy::NodePolicy;
 use cairn_sync::session::{self, RefusedBecause, Role, SessionConfig, SyncEvent, SyncSession};
 use cairn_sync::store::{
-    Encounter, ItemKind, MemStore, PeerTag, ReconFilter, Store, WriteBatch, WriteOp,
+    Encounter, ItemKind, ItemMeta, MemStore, Origin, PeerTag, ReconFilter, Store, StoredItem,
+    WriteBatch, WriteOp,
 };
 use cairn_sync::time::Timestamp;
 use proptest::prelude::*;
@@ -33,7 +34,29 @@ fn envelope(n: u32, to: u8, body_len: usize) -> Envelope {
             Priority::Normal
         },
         copy_budget: 8,
+        receipt_lock: proof_for(&body).lock(),
         body,
+    }
+}
+
+/// The receipt proof of a test envelope: derived from its body (a real sender derives it
+/// from the message key, so only the recipient can compute it).
+fn proof_for(body: &[u8]) -> ReceiptProof {
+    let hash = blake3::derive_key("cairn test receipt proof", body);
+    let mut proof = [0u8; 16];
+    proof.copy_from_slice(&hash[..16]);
+    ReceiptProof(proof)
+}
+
+/// What a recipient's application does on `Delivered`: take the message, publish the receipt.
+fn acknowledge_all(node: &mut Node, session: &mut SyncSession, now: Timestamp) {
+    for entry in node.store.inbox(usize::MAX).unwrap() {
+        let Item::Envelope(envelope) = Item::decode(&entry.encoded).unwrap() else {
+            panic!("inbox holds a tombstone");
+        };
+        session::acknowledge(&mut node.store, &entry.id, proof_for(&envelope.body), now).unwrap();
+        node.taken.push(envelope);
+        session.notify_store_changed();
     }
 }
 
@@ -43,6 +66,8 @@ struct Node {
     store: MemStore,
     policy: NodePolicy,
     events: Vec<SyncEvent>,
+    /// Envelopes the application took from the inbox (and acknowledged).
+    taken: Vec<Envelope>,
 }
 
 impl Node {
@@ -55,6 +80,7 @@ impl Node {
                 ..NodePolicy::default()
             },
             events: Vec::new(),
+            taken: Vec::new(),
         }
     }
 
@@ -135,6 +161,7 @@ fn drive(a: &mut Node, b: &mut Node, mtu: usize, now: Timestamp, max_frames: usi
             while let Some(e) = st.poll_event() {
                 to.events.push(e);
             }
+            acknowledge_all(to, st, now);
         }
         if !moved {
             run.completed = sa.is_idle() && sb.is_idle();
@@ -196,12 +223,8 @@ fn message_reaches_recipient_through_a_carrier_and_the_receipt_comes_back() {
     assert!(carrier.ids().contains(&id), "carrier took a copy");
     drive(&mut carrier, &mut bob, 200, now(), usize::MAX);
     assert_eq!(bob.delivered(), vec![id], "delivered exactly once");
-    let inbox = bob.store.inbox(10).unwrap();
-    assert_eq!(inbox.len(), 1);
-    assert_eq!(
-        Item::decode(&inbox[0].encoded).unwrap(),
-        Item::Envelope(msg)
-    );
+    assert_eq!(bob.taken, vec![msg], "the application got the message");
+    assert!(bob.store.inbox(10).unwrap().is_empty());
     assert!(
         !carrier.ids().contains(&id),
         "the receipt purged the carrier's copy"
@@ -615,4 +638,108 @@ fn a_full_buffer_evicts_expired_then_others_but_keeps_our_own() {
         !held.contains(&envelope(0, 9, 400).id()),
         "the oldest carried envelope was evicted"
     );
+}
+
+/// A tombstone for `target` with a proof that does not open its lock, planted in `node`'s
+/// store as if it had been received.
+fn plant_forged_receipt(node: &mut Node, target: &Envelope) -> ItemId {
+    let forged = Tombstone::for_envelope(target, ReceiptProof([0xEE; 16]));
+    assert!(!forged.opens(target));
+    let item = Item::Tombstone(forged);
+    let encoded = item.encode();
+    let id = item.id();
+    let mut batch = WriteBatch::new();
+    batch.push(WriteOp::PutItem(StoredItem {
+        id,
+        meta: ItemMeta {
+            kind: item.kind(),
+            priority: Priority::High,
+            scope: target.scope,
+            expires_at_secs: target.expires_at_secs(),
+            created_at_secs: 0,
+            stored_at: now(),
+            len: encoded.len() as u32,
+            copies: 1,
+            origin: Origin::Remote,
+        },
+        encoded,
+    }));
+    node.store.commit(batch).unwrap();
+    id
+}
+
+#[test]
+fn a_forged_receipt_cannot_purge_a_message() {
+    let mut alice = Node::new(1);
+    let mut carrier = Node::new(2);
+    let msg = envelope(3, 9, 80);
+    let id = alice.send(&msg, now());
+    drive(&mut alice, &mut carrier, 512, now(), usize::MAX);
+    assert!(carrier.ids().contains(&id));
+
+    // Mallory, who cannot read the message, tells the carrier it was delivered.
+    let mut mallory = Node::new(6);
+    plant_forged_receipt(&mut mallory, &msg);
+    drive(&mut mallory, &mut carrier, 512, now(), usize::MAX);
+    assert!(carrier.ids().contains(&id), "the carrier kept the message");
+    assert!(carrier.events.iter().any(|e| matches!(
+        e,
+        SyncEvent::ItemRefused {
+            reason: RefusedBecause::ForgedReceipt,
+            ..
+        }
+    )));
+    // And the message still reaches Bob, whose genuine receipt does purge it.
+    let mut bob = Node::new(9);
+    drive(&mut carrier, &mut bob, 512, now(), usize::MAX);
+    assert_eq!(bob.taken, vec![msg]);
+    assert!(!carrier.ids().contains(&id));
+}
+
+#[test]
+fn a_forged_receipt_received_before_its_message_gives_way_to_it() {
+    let mut alice = Node::new(1);
+    let msg = envelope(4, 9, 80);
+    let id = alice.send(&msg, now());
+    // The carrier got the forged receipt first, when it could not check it.
+    let mut carrier = Node::new(2);
+    let forged = plant_forged_receipt(&mut carrier, &msg);
+    drive(&mut alice, &mut carrier, 512, now(), usize::MAX);
+    assert!(
+        carrier.ids().contains(&id),
+        "the message proved the receipt false"
+    );
+    assert!(!carrier.ids().contains(&forged));
+    let mut bob = Node::new(9);
+    drive(&mut carrier, &mut bob, 512, now(), usize::MAX);
+    assert_eq!(bob.delivered(), vec![id]);
+}
+
+#[test]
+fn acknowledging_with_the_wrong_proof_publishes_nothing() {
+    let mut alice = Node::new(1);
+    let msg = envelope(5, 9, 80);
+    let id = alice.send(&msg, now());
+    let mut bob = Node::new(9);
+    let (mut sa, mut sb) = sessions(&alice, &bob, 512);
+    // Drive by hand so the application does not acknowledge.
+    for _ in 0..100 {
+        if let Some(f) = sa.poll_transmit(now(), &mut alice.store).unwrap() {
+            sb.handle_frame(now(), &f, &mut bob.store).unwrap();
+        }
+        if let Some(f) = sb.poll_transmit(now(), &mut bob.store).unwrap() {
+            sa.handle_frame(now(), &f, &mut alice.store).unwrap();
+        }
+    }
+    assert!(bob.store.in_inbox(&id).unwrap());
+    let wrong = session::acknowledge(&mut bob.store, &id, ReceiptProof([1; 16]), now());
+    assert!(matches!(wrong, Err(session::SyncError::WrongProof)));
+    assert!(
+        bob.store.in_inbox(&id).unwrap(),
+        "still waiting for the application"
+    );
+    assert_eq!(bob.store.usage().unwrap().items, 0, "no receipt went out");
+    let receipt = session::acknowledge(&mut bob.store, &id, proof_for(&msg.body), now()).unwrap();
+    assert!(bob.store.contains(&receipt).unwrap());
+    assert!(!bob.store.in_inbox(&id).unwrap());
 }

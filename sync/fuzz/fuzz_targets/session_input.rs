@@ -3,7 +3,7 @@
 //! a valid item enters the store.
 #![no_main]
 
-use cairn_sync::envelope::{Envelope, Priority, ScopeTag};
+use cairn_sync::envelope::{Envelope, Priority, ScopeTag, ReceiptProof};
 use cairn_sync::policy::NodePolicy;
 use cairn_sync::session::{originate, Role, SessionConfig, SyncSession};
 use cairn_sync::store::{MemStore, Store};
@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
             scope: ScopeTag([n; 8]),
             priority: Priority::High,
             copy_budget: 4,
+            receipt_lock: ReceiptProof([n; 16]).lock(),
             body: vec![n; 40],
         };
         let _ = originate(&mut store, &policy, &e, now);

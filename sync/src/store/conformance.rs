@@ -525,6 +525,9 @@ pub fn inbox_is_oldest_first_until_acked<S: Store>(store: &mut S) {
         vec![WriteOp::AckInbox(id(2)), WriteOp::AckInbox(id(9))],
     );
     assert_eq!(store.inbox(10).unwrap(), vec![entry(3, 200), entry(1, 300)]);
+    assert_eq!(store.inbox_entry(&id(3)).unwrap(), Some(entry(3, 200)));
+    assert!(store.in_inbox(&id(1)).unwrap());
+    assert_eq!(store.inbox_entry(&id(2)).unwrap(), None);
     // Delivered again later: one entry, at its new place.
     commit(store, vec![WriteOp::PutInbox(entry(3, 400))]);
     assert_eq!(store.inbox(10).unwrap(), vec![entry(1, 300), entry(3, 400)]);

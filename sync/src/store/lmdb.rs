@@ -859,6 +859,20 @@ impl Store for LmdbStore {
         }
     }
 
+    fn inbox_entry(&self, id: &ItemId) -> Result<Option<InboxEntry>, StoreError> {
+        let rtxn = self.read_txn()?;
+        let Some(value) = self.inbox.get(&rtxn, &id.0).map_err(lmdb_error)? else {
+            return Ok(None);
+        };
+        let (received, encoded) = split_be_u64(value)
+            .ok_or_else(|| StoreError::Corrupt("inbox entry shorter than 8 bytes".into()))?;
+        Ok(Some(InboxEntry {
+            id: *id,
+            received_at: Timestamp::from_millis(received),
+            encoded: encoded.to_vec(),
+        }))
+    }
+
     fn recon_index_bytes(&self) -> usize {
         self.seqs.heap_bytes()
     }

@@ -235,6 +235,10 @@ impl Store for MemStore {
         Ok(self.encounters.get(peer).copied())
     }
 
+    fn inbox_entry(&self, id: &ItemId) -> Result<Option<InboxEntry>, StoreError> {
+        Ok(self.inbox.get(id).cloned())
+    }
+
     fn recon_index_bytes(&self) -> usize {
         self.recon.heap_bytes()
     }

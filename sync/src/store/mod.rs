@@ -238,6 +238,11 @@ pub trait Store {
     fn partial_ids(&self, limit: usize) -> Result<Vec<ItemId>, StoreError>;
     /// Up to `limit` inbox entries, oldest first.
     fn inbox(&self, limit: usize) -> Result<Vec<InboxEntry>, StoreError>;
+    /// The inbox entry of envelope `id`, if it was delivered and not yet acknowledged.
+    fn inbox_entry(&self, id: &ItemId) -> Result<Option<InboxEntry>, StoreError>;
+    fn in_inbox(&self, id: &ItemId) -> Result<bool, StoreError> {
+        Ok(self.inbox_entry(id)?.is_some())
+    }
     /// Up to `limit` encounters, most recent first (ties: lower tag first).
     fn encounters(&self, limit: usize) -> Result<Vec<Encounter>, StoreError>;
     /// When this node last met `peer`.

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
-use cairn_sync::envelope::{Envelope, Item, ItemId, Priority, ScopeTag};
+use cairn_sync::envelope::{Envelope, Item, ItemId, Priority, ReceiptLock, ScopeTag};
 use cairn_sync::store::{
     ItemMeta, LmdbConfig, LmdbStore, Origin, Store, StoredItem, WriteBatch, WriteOp,
 };
@@ -56,6 +56,7 @@ fn envelope(i: u64, rng: &mut ChaCha20Rng) -> StoredItem {
         scope: ScopeTag([(i % 16) as u8; 8]),
         priority: Priority::Normal,
         copy_budget: 4,
+        receipt_lock: ReceiptLock(body[..12].try_into().unwrap_or([0; 12])),
         body,
     };
     let encoded = envelope.encode();

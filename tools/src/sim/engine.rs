@@ -25,7 +25,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
-use cairn_sync::envelope::{Envelope, ItemId, Priority, ScopeTag, MAX_LIFETIME_SECS};
+use cairn_sync::envelope::{Envelope, ItemId, Priority, ReceiptProof, ScopeTag, MAX_LIFETIME_SECS};
 use cairn_sync::policy::{NodePolicy, RoutingPolicy};
 use cairn_sync::session::{self, Role, SessionConfig, SyncError, SyncEvent, SyncSession};
 use cairn_sync::store::{ItemKind, Store};
@@ -177,10 +177,24 @@ pub fn message_envelope(index: usize, trace: &Trace, copies: u8) -> Result<Envel
         scope: node_scope(m.to),
         priority: Priority::Normal,
         copy_budget: copies.max(1),
+        receipt_lock: message_proof(index).lock(),
         body,
     };
     envelope.validate().map_err(|e| bad(e.to_string()))?;
     Ok(envelope)
+}
+
+/// The receipt proof of message `index`. A real recipient derives it from the message key;
+/// simulated bodies are not sealed, so it is derived from the index (deterministic, and
+/// unknown to no simulated node: the simulator does not model forgers).
+pub fn message_proof(index: usize) -> ReceiptProof {
+    let hash = blake3::derive_key(
+        "cairn-sim 2026 receipt proof",
+        &(index as u64).to_le_bytes(),
+    );
+    let mut proof = [0u8; 16];
+    proof.copy_from_slice(&hash[..16]);
+    ReceiptProof(proof)
 }
 
 /// What happens at an instant of virtual time.
@@ -720,6 +734,11 @@ impl<'t, S: Store> Engine<'t, S> {
                 SyncEvent::Delivered { id } => {
                     changed = true;
                     self.delivered(id, node, peer);
+                    // The application takes it at once and publishes the receipt.
+                    self.acknowledge(node, id);
+                    if let Some(s) = self.links[link].sessions.as_mut() {
+                        s.sides[side].notify_store_changed();
+                    }
                 }
                 SyncEvent::ReceiptForOwn { .. } => {
                     changed = true;
@@ -794,6 +813,28 @@ impl<'t, S: Store> Engine<'t, S> {
         if let Some(&message) = self.message_of.get(&id) {
             let from = self.hops.get(&(peer, message)).copied().unwrap_or(0);
             self.hops.entry((node, message)).or_insert(from + 1);
+        }
+    }
+
+    fn acknowledge(&mut self, node: usize, id: ItemId) {
+        let Some(&message) = self.message_of.get(&id) else {
+            return;
+        };
+        let now = self.now();
+        if session::acknowledge(
+            &mut self.nodes[node].store,
+            &id,
+            message_proof(message),
+            now,
+        )
+        .is_err()
+        {
+            self.out.session_errors += 1;
+            *self
+                .out
+                .session_error_reasons
+                .entry("acknowledge failed".into())
+                .or_insert(0) += 1;
         }
     }
 
