@@ -4,3 +4,6 @@
 //! in-memory links for tests) and the Noise session that secures any of them. Nothing is
 //! implemented yet: the sync core (`cairn-sync`) is written against "an ordered channel of
 //! frames of at most MTU bytes", which every link here will provide.
+
+/// The Noise session that secures a hop over any link (pure state machine).
+pub mod hop;
