@@ -272,6 +272,28 @@ impl Identity {
         Zeroizing::new(self.device.to_bytes())
     }
 
+    /// The keys this device secures every link with ([`cairn_transports::hop`]): the device
+    /// secret and the identity's signature over its public key.
+    pub fn hop_keys(&self) -> Result<cairn_transports::hop::LocalKeys, IdentityError> {
+        let credential = cairn_transports::hop::DeviceCredential {
+            identity: self.public_key().0,
+            device: self.device_public_key().0,
+            signature: self.device_signature(),
+        };
+        cairn_transports::hop::LocalKeys::new(*self.device_static_secret(), credential)
+            .map_err(|_| IdentityError::InvalidDeviceSignature)
+    }
+
+    /// This person's mailbox key ([`crate::seal::MailboxKey`]): it makes the recipient tags
+    /// contacts put on envelopes for them. Derived from the identity secret, so it needs no
+    /// storage of its own and is the same on every device of the identity.
+    pub fn mailbox_key(&self) -> crate::seal::MailboxKey {
+        crate::seal::MailboxKey(blake3::derive_key(
+            "cairn 2026 mailbox key",
+            self.identity.as_bytes(),
+        ))
+    }
+
     /// Writes this identity to `home/identity.key`, refusing to replace an existing one:
     /// losing an identity means every contact must verify the user again, so overwriting is
     /// never a side effect (see [`change_protection`] for the deliberate rewrite).
