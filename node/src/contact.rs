@@ -47,6 +47,7 @@ use x25519_dalek::{EphemeralSecret, PublicKey as X25519PublicKey};
 use zeroize::Zeroizing;
 
 use crate::identity::{private_file, DevicePublicKey, Identity, IdentityPublicKey};
+use crate::seal::{MailboxKey, PairKeys};
 
 /// Longest display name, in UTF-8 bytes: enough for a name, short enough for a QR code.
 pub const MAX_DISPLAY_NAME_BYTES: usize = 64;
@@ -70,8 +71,8 @@ const FLAG_HAS_COMMITMENT: u8 = 0x01;
 /// Length of a pairing commitment. 128 bits, like Briar's: a substitute key must match it
 /// exactly (a second preimage), and it keeps the QR code small.
 pub const COMMITMENT_LEN: usize = 16;
-/// flags, identity, device, signature, name length, hint count.
-const MIN_CODE_PAYLOAD_LEN: usize = 1 + 32 + 32 + 64 + 1 + 1;
+/// flags, identity, device, signature, mailbox key, name length, hint count.
+const MIN_CODE_PAYLOAD_LEN: usize = 1 + 32 + 32 + 64 + 32 + 1 + 1;
 const MAX_CODE_PAYLOAD_LEN: usize = MIN_CODE_PAYLOAD_LEN
     + COMMITMENT_LEN
     + MAX_DISPLAY_NAME_BYTES
@@ -92,10 +93,21 @@ const MESSAGE_CONFIRM: u8 = 2;
 const PAIRING_MESSAGE_LEN: usize = 2 + 32;
 
 const BOOK_MAGIC: &[u8; 8] = b"cairn-cb";
-const BOOK_VERSION: u8 = 1;
+const BOOK_VERSION: u8 = 2;
 const BOOK_CHECKSUM_CONTEXT: &str = "cairn 2026 contact book checksum";
-const MAX_BOOK_ENTRY_LEN: usize =
-    32 + 32 + 64 + 1 + 1 + MAX_DISPLAY_NAME_BYTES + 1 + MAX_HINTS * (1 + MAX_HINT_BYTES);
+const MAX_BOOK_ENTRY_LEN: usize = 32
+    + 32
+    + 64
+    + 32
+    + 1
+    + 1
+    + MAX_DISPLAY_NAME_BYTES
+    + 1
+    + MAX_HINTS * (1 + MAX_HINT_BYTES)
+    + 1
+    + MAX_PAIR_KEYS_LEN;
+/// Longest persisted [`PairKeys`] state (the outgoing key and the window's incoming keys).
+const MAX_PAIR_KEYS_LEN: usize = 2 + 40 * (1 + crate::seal::KEEP_PERIODS as usize + 1);
 const MAX_BOOK_FILE_LEN: u64 = (8 + 1 + 4 + 32 + MAX_CONTACTS * MAX_BOOK_ENTRY_LEN) as u64;
 
 /// Why a contact code (or a name or hint for one) was refused. The variants match what the
@@ -284,6 +296,9 @@ pub struct ContactCode {
     identity: IdentityPublicKey,
     device: DevicePublicKey,
     device_signature: [u8; 64],
+    /// The person's mailbox key: contacts tag envelopes for them with it. Whoever holds the
+    /// code can recognise those tags, so a code is as private as a phone number.
+    mailbox: [u8; 32],
     display_name: DisplayName,
     hints: Vec<ReachabilityHint>,
     commitment: Option<PairingCommitment>,
@@ -316,6 +331,7 @@ impl ContactCode {
             identity: identity.public_key(),
             device: identity.device_public_key(),
             device_signature: identity.device_signature(),
+            mailbox: identity.mailbox_key().0,
             display_name,
             hints,
             commitment: None,
@@ -342,6 +358,11 @@ impl ContactCode {
         &self.hints
     }
 
+    /// The key that makes this person's recipient tags.
+    pub fn mailbox_key(&self) -> MailboxKey {
+        MailboxKey(self.mailbox)
+    }
+
     /// Present on codes shown by [`Pairing::start`] only.
     pub fn commitment(&self) -> Option<PairingCommitment> {
         self.commitment
@@ -358,6 +379,7 @@ impl ContactCode {
         payload.extend_from_slice(self.identity.as_bytes());
         payload.extend_from_slice(self.device.as_bytes());
         payload.extend_from_slice(&self.device_signature);
+        payload.extend_from_slice(&self.mailbox);
         if let Some(commitment) = &self.commitment {
             payload.extend_from_slice(&commitment.0);
         }
@@ -440,6 +462,7 @@ impl ContactCode {
             .map_err(|_| malformed("the identity key is not a valid key"))?;
         let device = DevicePublicKey::from_bytes(reader.array().ok_or(malformed("truncated"))?);
         let device_signature: [u8; 64] = reader.array().ok_or(malformed("truncated"))?;
+        let mailbox: [u8; 32] = reader.array().ok_or(malformed("truncated"))?;
         let commitment = if flags & FLAG_HAS_COMMITMENT != 0 {
             Some(PairingCommitment(
                 reader.array().ok_or(malformed("truncated"))?,
@@ -470,6 +493,7 @@ impl ContactCode {
             identity,
             device,
             device_signature,
+            mailbox,
             display_name,
             hints,
             commitment,
@@ -725,9 +749,23 @@ pub struct Contact {
     identity: IdentityPublicKey,
     device: DevicePublicKey,
     device_signature: [u8; 64],
+    mailbox: [u8; 32],
     display_name: DisplayName,
     hints: Vec<ReachabilityHint>,
     verification: Verification,
+    /// The sealing keys shared with this contact ([`PairKeys::to_bytes`]), once there are
+    /// any: set after pairing, rolled forward (and old keys deleted) as days pass.
+    pair_keys: Option<SecretBytes>,
+}
+
+/// Secret bytes: wiped on drop, never printed.
+#[derive(Clone, PartialEq, Eq)]
+struct SecretBytes(Zeroizing<Vec<u8>>);
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<secret>")
+    }
 }
 
 impl Contact {
@@ -742,9 +780,11 @@ impl Contact {
             identity: code.identity,
             device: code.device,
             device_signature: code.device_signature,
+            mailbox: code.mailbox,
             display_name: code.display_name.clone(),
             hints: code.hints.clone(),
             verification,
+            pair_keys: None,
         }
     }
 
@@ -770,6 +810,48 @@ impl Contact {
 
     pub fn verification(&self) -> Verification {
         self.verification
+    }
+
+    /// The key to tag envelopes for this contact with.
+    pub fn mailbox_key(&self) -> MailboxKey {
+        MailboxKey(self.mailbox)
+    }
+
+    /// A pairwise root for a contact added from a code, without meeting: X25519 of the two
+    /// devices' static keys, hashed with both identities. It lets two people who never met
+    /// write to each other, **without forward secrecy until they pair in person**: whoever
+    /// later steals either device's key can recompute it, and with it every chain key. Pairing
+    /// in person replaces it with a root from ephemeral keys. `None` if the peer's device key
+    /// is a low-order point (no shared secret).
+    pub fn static_root(&self, own: &Identity) -> Option<PairwiseRootSecret> {
+        let secret = x25519_dalek::StaticSecret::from(*own.device_static_secret());
+        let shared = secret.diffie_hellman(&X25519PublicKey::from(*self.device.as_bytes()));
+        if !shared.was_contributory() {
+            return None;
+        }
+        let (first, second) = {
+            let (a, b) = (own.public_key(), self.identity);
+            if a.as_bytes() <= b.as_bytes() {
+                (a, b)
+            } else {
+                (b, a)
+            }
+        };
+        let mut material = Zeroizing::new([0u8; 96]);
+        material[..32].copy_from_slice(shared.as_bytes());
+        material[32..64].copy_from_slice(first.as_bytes());
+        material[64..].copy_from_slice(second.as_bytes());
+        Some(PairwiseRootSecret(Zeroizing::new(blake3::derive_key(
+            "cairn 2026 static pairwise root",
+            &material[..],
+        ))))
+    }
+
+    /// The sealing keys shared with this contact, if any yet.
+    pub fn pair_keys(&self) -> Option<PairKeys> {
+        self.pair_keys
+            .as_ref()
+            .and_then(|b| PairKeys::from_bytes(&b.0).ok())
     }
 }
 
@@ -1058,12 +1140,14 @@ impl Pairing {
         let own_side = TranscriptSide {
             identity: self.own_code.identity,
             device: self.own_code.device,
+            mailbox: self.own_code.mailbox,
             commitment: own_commitment,
             ephemeral: self.ephemeral_public,
         };
         let peer_side = TranscriptSide {
             identity: peer.identity,
             device: peer.device,
+            mailbox: peer.mailbox,
             commitment: peer_commitment,
             ephemeral: peer_ephemeral,
         };
@@ -1130,6 +1214,7 @@ impl Pairing {
 struct TranscriptSide {
     identity: IdentityPublicKey,
     device: DevicePublicKey,
+    mailbox: [u8; 32],
     commitment: PairingCommitment,
     ephemeral: [u8; 32],
 }
@@ -1138,6 +1223,7 @@ impl TranscriptSide {
     fn hash_into(&self, hasher: &mut blake3::Hasher) {
         hasher.update(self.identity.as_bytes());
         hasher.update(self.device.as_bytes());
+        hasher.update(&self.mailbox);
         hasher.update(&self.commitment.0);
         hasher.update(&self.ephemeral);
     }
@@ -1293,6 +1379,7 @@ impl ContactBook {
             Some(known) => {
                 let merged = Contact {
                     verification: known.verification.max(contact.verification),
+                    pair_keys: contact.pair_keys.or_else(|| known.pair_keys.clone()),
                     ..contact
                 };
                 if *known == merged {
@@ -1313,10 +1400,28 @@ impl ContactBook {
         let known = updated
             .get_mut(&contact.identity)
             .ok_or(ContactBookError::UnknownContact)?;
+        // A new device: keys shared with the old one stay valid (they belong to the pair of
+        // identities, not to a device).
         *known = Contact {
             verification: known.verification.max(contact.verification),
+            pair_keys: contact.pair_keys.or_else(|| known.pair_keys.clone()),
             ..contact
         };
+        self.commit(updated)
+    }
+
+    /// Stores the sealing keys shared with a contact (after pairing, and after every
+    /// [`PairKeys::advance`], so deleted keys are gone from disk too).
+    pub fn set_pair_keys(
+        &mut self,
+        identity: &IdentityPublicKey,
+        keys: &PairKeys,
+    ) -> Result<(), ContactBookError> {
+        let mut updated = self.contacts.clone();
+        let known = updated
+            .get_mut(identity)
+            .ok_or(ContactBookError::UnknownContact)?;
+        known.pair_keys = Some(SecretBytes(Zeroizing::new(keys.to_bytes())));
         self.commit(updated)
     }
 
@@ -1381,11 +1486,20 @@ fn encode_book(contacts: &BTreeMap<IdentityPublicKey, Contact>) -> Vec<u8> {
         out.extend_from_slice(contact.identity.as_bytes());
         out.extend_from_slice(contact.device.as_bytes());
         out.extend_from_slice(&contact.device_signature);
+        out.extend_from_slice(&contact.mailbox);
         out.push(contact.verification.to_byte());
         push_short_string(&mut out, contact.display_name.as_str());
         out.push(contact.hints.len() as u8);
         for hint in &contact.hints {
             push_short_string(&mut out, hint.as_str());
+        }
+        match &contact.pair_keys {
+            // PairKeys state is at most MAX_PAIR_KEYS_LEN (< 256) bytes.
+            Some(keys) => {
+                out.push(keys.0.len() as u8);
+                out.extend_from_slice(&keys.0);
+            }
+            None => out.push(0),
         }
     }
     let checksum = blake3::derive_key(BOOK_CHECKSUM_CONTEXT, &out);
@@ -1438,6 +1552,7 @@ fn decode_book(
             .map_err(|_| corrupt("an identity key is not a valid key"))?;
         let device = DevicePublicKey::from_bytes(reader.array().ok_or(corrupt("truncated"))?);
         let device_signature = reader.array().ok_or(corrupt("truncated"))?;
+        let mailbox = reader.array().ok_or(corrupt("truncated"))?;
         let verification = Verification::from_byte(reader.u8().ok_or(corrupt("truncated"))?)
             .ok_or(corrupt("unknown verification state"))?;
         let name = reader.short_str().ok_or(corrupt("bad display name"))?;
@@ -1451,13 +1566,23 @@ fn decode_book(
             let hint = reader.short_str().ok_or(corrupt("bad hint"))?;
             hints.push(ReachabilityHint::new(hint).map_err(|_| corrupt("bad hint"))?);
         }
+        let keys_len = usize::from(reader.u8().ok_or(corrupt("truncated"))?);
+        let pair_keys = if keys_len == 0 {
+            None
+        } else {
+            let bytes = reader.take(keys_len).ok_or(corrupt("truncated"))?;
+            PairKeys::from_bytes(bytes).map_err(|_| corrupt("bad sealing keys"))?;
+            Some(SecretBytes(Zeroizing::new(bytes.to_vec())))
+        };
         let contact = Contact {
             identity,
             device,
             device_signature,
+            mailbox,
             display_name,
             hints,
             verification,
+            pair_keys,
         };
         if contacts.insert(identity, contact).is_some() {
             return Err(corrupt("a contact appears twice"));

@@ -203,6 +203,7 @@ fn a_well_checksummed_code_with_bad_contents_is_refused() {
         payload.extend_from_slice(alice.public_key().as_bytes());
         payload.extend_from_slice(alice.device_public_key().as_bytes());
         payload.extend_from_slice(&alice.device_signature());
+        payload.extend_from_slice(&alice.mailbox_key().0);
         payload.extend_from_slice(&[5, b'A', b'l', b'i', b'c', b'e', 0]);
         mutate(&mut payload);
         raw_code(payload)
@@ -509,6 +510,7 @@ fn a_tampered_code_fails_on_both_phones() {
     payload.extend_from_slice(mallory.public_key().as_bytes());
     payload.extend_from_slice(mallory.device_public_key().as_bytes());
     payload.extend_from_slice(&mallory.device_signature());
+    payload.extend_from_slice(&mallory.mailbox_key().0);
     payload.extend_from_slice(at_bob.code().commitment().unwrap().as_bytes());
     payload.extend_from_slice(&[3, b'B', b'o', b'b', 0]);
     let tampered = ContactCode::decode(&raw_code(payload)).unwrap();
@@ -879,11 +881,11 @@ fn a_damaged_book_is_refused_not_half_read() {
         assert!(ContactBook::open(home.path(), me.public_key()).is_err());
     }
     let mut newer = original.clone();
-    newer[8] = 2;
+    newer[8] = 3;
     fs::write(&path, &newer).unwrap();
     assert!(matches!(
         ContactBook::open(home.path(), me.public_key()),
-        Err(ContactBookError::UnsupportedVersion { version: 2, .. })
+        Err(ContactBookError::UnsupportedVersion { version: 3, .. })
     ));
     fs::write(&path, &original).unwrap();
     assert_eq!(
@@ -902,8 +904,8 @@ fn golden_vectors() {
         sample_code().encode(),
         "cairn1:afdyxdsqpyf3fmmmb6paqjdwt2cwfuin7gv6fz3urfxyfnfuibjgmcnic42ch2yoetqz6swyps4sxmai3\
          sm2lvzcxku2h6wt5meljhz2ro2nr54gnyi6lwydveuk4d7gvr435xhvqid5f6zbsclhlbz2tbreqsawgzbyihmkt\
-         mlne6g3zxjcrmlir7o6v522nccmaeswqlw4acbidf5avepq4trimbhvnmhf5nkoavawy2ldmuarcmjzgixdcnryf\
-         yys4mrqhi3timrqtewrnqi"
+         mlne6g3zxjcrmlir7o6v522nccmaeswqlw4acegqqkpws5l4wgs7zzpk3nklkryxlyujclkxpepatbflm22sopiq\
+         mubs6qkshyojyugat2wwds6wvhakqlmnfrwkairge4telrrgy4c4mjogiydunzugiykw74iaa"
     );
     let alice = Identity::generate(&mut rng(1));
     let bob = Identity::generate(&mut rng(2));
@@ -920,13 +922,97 @@ fn golden_vectors() {
     let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
     assert_eq!(
         hex(&alice_confirm),
-        "010270d95046888b32de0fd5f5eea5de87f7bba54ebe924aa4401d49dc1bf5234741"
+        "0102c6a234c0e3acb1d6c85bde1487a1f8bd3dffd4b159fb30756b96febc99f6eaa5"
     );
     at_alice
         .handle_message(&at_bob.poll_transmit().unwrap())
         .unwrap();
     assert_eq!(
         hex(at_alice.take_paired().unwrap().root_secret.expose()),
-        "910f646593f649cddc3d7f09bf6be46cf273bb58db3ee74bd0c85fbc9ad51c8f"
+        "661ed65dc76cf728935b8f068fc62bec04ea19c18e964356e4c15af098c898c9"
     );
+}
+
+#[test]
+fn a_paired_contact_keeps_its_sealing_keys_and_mailbox_across_restarts() {
+    use cairn_node::seal::{PairKeys, SealedHeader};
+    use cairn_sync::envelope::Priority;
+    let alice = Identity::generate(&mut rng(1));
+    let bob = Identity::generate(&mut rng(2));
+    let mut at_alice = start(&alice, "Alice", 10);
+    let mut at_bob = start(&bob, "Bob", 11);
+    at_alice.handle_scanned_code(scan(&at_bob)).unwrap();
+    at_bob.handle_scanned_code(scan(&at_alice)).unwrap();
+    run(&mut at_alice, &mut at_bob);
+    let paired = at_alice.take_paired().unwrap();
+    // The code carried Bob's mailbox key: Alice can tag envelopes for him.
+    assert_eq!(
+        paired.contact.mailbox_key().tag(7),
+        bob.mailbox_key().tag(7)
+    );
+
+    let home = tempfile::tempdir().unwrap();
+    let day = 20_600;
+    let keys = PairKeys::new(
+        paired.root_secret.expose(),
+        alice.public_key().as_bytes(),
+        bob.public_key().as_bytes(),
+        day,
+    );
+    {
+        let mut book = ContactBook::open(home.path(), alice.public_key()).unwrap();
+        assert_eq!(book.add(paired.contact.clone()).unwrap(), AddOutcome::Added);
+        book.set_pair_keys(&bob.public_key(), &keys).unwrap();
+        // Re-adding from a code (no keys in it) keeps the keys.
+        let readded = book
+            .add(Contact::from_code(
+                &ContactCode::new(&bob, DisplayName::new("Bobby").unwrap(), vec![]).unwrap(),
+            ))
+            .unwrap();
+        assert_eq!(readded, AddOutcome::Updated);
+    }
+    let book = ContactBook::open(home.path(), alice.public_key()).unwrap();
+    let contact = book.get(&bob.public_key()).unwrap();
+    assert_eq!(contact.display_name().as_str(), "Bobby");
+    assert_eq!(contact.verification(), Verification::VerifiedInPerson);
+    let restored = contact.pair_keys().expect("keys survive a restart");
+    assert_eq!(restored.to_bytes(), keys.to_bytes());
+    // The restored keys still seal for Bob (he opens with the mirror-image keys).
+    let header = SealedHeader {
+        created_at_secs: day * 86_400,
+        lifetime_secs: 3_600,
+        scope: contact.mailbox_key().tag(day),
+        priority: Priority::Normal,
+        copy_budget: 2,
+    };
+    let sealed = restored.seal(&header, b"still here").unwrap();
+    let at_bob_keys = PairKeys::new(
+        paired.root_secret.expose(),
+        bob.public_key().as_bytes(),
+        alice.public_key().as_bytes(),
+        day,
+    );
+    let opened = at_bob_keys
+        .open(&header, &sealed.receipt_lock, &sealed.body)
+        .unwrap();
+    assert_eq!(opened.plaintext, b"still here");
+    // Secrets never show up in debug output.
+    let shown = format!("{contact:?}");
+    assert!(shown.contains("pair_keys: Some(<secret>)"), "{shown}");
+}
+
+#[test]
+fn contacts_added_by_code_share_a_static_root_that_only_they_can_compute() {
+    let alice = Identity::generate(&mut rng(1));
+    let bob = Identity::generate(&mut rng(2));
+    let carol = Identity::generate(&mut rng(3));
+    let code = |who: &Identity, name: &str| {
+        Contact::from_code(&ContactCode::new(who, DisplayName::new(name).unwrap(), vec![]).unwrap())
+    };
+    let at_alice = code(&bob, "Bob").static_root(&alice).unwrap();
+    let at_bob = code(&alice, "Alice").static_root(&bob).unwrap();
+    assert_eq!(at_alice.expose(), at_bob.expose());
+    // Carol, holding both codes, cannot compute it.
+    let carol_guess = code(&bob, "Bob").static_root(&carol).unwrap();
+    assert_ne!(carol_guess.expose(), at_alice.expose());
 }

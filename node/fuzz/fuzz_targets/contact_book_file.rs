@@ -1,0 +1,163 @@
+//! The contact book file parser, through its public entry point (`ContactBook::open`): the
+//! input is written, mode 0600, as `contacts.bin` in a scratch home. The parser itself
+//! (`decode_book`) is private.
+//!
+//! The selector byte (`sel & 3`) picks how the rest becomes a file:
+//! 0. the bytes as they are;
+//! 1. the bytes and their correct checksum (unkeyed and public), so mutations reach the
+//!    entries behind it;
+//! 2. `"cairn-cb" ‖ version 1 ‖ bytes ‖ checksum`;
+//! 3. a genuine book of three contacts with the input applied as edits
+//!    (`offset(2) ‖ xor(1)` triples), its checksum fixed when `sel & 4`.
+//!
+//! Checks: never a panic; what opens holds at most `MAX_CONTACTS` contacts, each with a valid
+//! name and at most `MAX_HINTS` valid hints, each found by `get`; an untouched genuine book
+//! opens to its contacts. Round trip: removing a contact and adding it back makes the book
+//! rewrite its file, which must reopen to the same contacts, have the same length as the
+//! input (same entries, same encoding), and be a fixed point (rewriting it again gives the
+//! same bytes).
+#![no_main]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use cairn_node::contact::{
+    AddOutcome, Contact, ContactBook, ContactCode, DisplayName, ReachabilityHint, Verification,
+    CONTACT_BOOK_FILE_NAME, MAX_CONTACTS, MAX_HINTS,
+};
+use cairn_node::identity::IdentityPublicKey;
+use libfuzzer_sys::fuzz_target;
+
+#[path = "common.rs"]
+mod common;
+
+use common::BOOK_CHECKSUM_CONTEXT as CHECKSUM;
+
+struct Fixture {
+    home: PathBuf,
+    own: IdentityPublicKey,
+    genuine: Vec<u8>,
+    genuine_contacts: Vec<Contact>,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let home = common::scratch("book-home");
+        let own = common::identity(1).public_key();
+        let seed = common::scratch("book-seed");
+        let mut book = ContactBook::open(&seed, own).expect("empty book");
+        let people = [
+            ("Alice", vec!["192.168.1.20:7420"], Verification::VerifiedInPerson),
+            ("Zoë 🌲", vec![], Verification::Unverified),
+            ("bob", vec!["[fe80::1]:7420", "h:1"], Verification::VerifiedBySafetyCode),
+        ];
+        for (n, (name, hints, how)) in people.into_iter().enumerate() {
+            let person = common::identity(10 + n as u64);
+            let hints = hints
+                .into_iter()
+                .map(|h| ReachabilityHint::new(h).expect("hint"))
+                .collect();
+            let code = ContactCode::new(&person, DisplayName::new(name).expect("name"), hints)
+                .expect("code");
+            assert_eq!(
+                book.add(Contact::from_code(&code)).expect("add"),
+                AddOutcome::Added
+            );
+            book.mark_verified(&person.public_key(), how)
+                .expect("verify");
+        }
+        let genuine = fs::read(seed.join(CONTACT_BOOK_FILE_NAME)).expect("read the book");
+        let genuine_contacts = book.list().into_iter().cloned().collect();
+        fs::remove_dir_all(&seed).expect("clean up");
+        Fixture {
+            home,
+            own,
+            genuine,
+            genuine_contacts,
+        }
+    })
+}
+
+fn contacts(book: &ContactBook) -> Vec<Contact> {
+    book.list().into_iter().cloned().collect()
+}
+
+/// Makes the book rewrite its file (remove a contact, add it back) and returns the file.
+fn rewrite(book: &mut ContactBook, home: &Path, own: &IdentityPublicKey) -> Option<Vec<u8>> {
+    let victim = book
+        .list()
+        .into_iter()
+        .find(|c| c.identity() != *own)?
+        .clone();
+    let removed = book
+        .remove(&victim.identity())
+        .expect("remove")
+        .expect("the listed contact is there");
+    assert_eq!(removed, victim);
+    assert_eq!(book.add(removed).expect("add back"), AddOutcome::Added);
+    Some(fs::read(home.join(CONTACT_BOOK_FILE_NAME)).expect("read the rewritten book"))
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let f = fixture();
+    let file = match sel & 3 {
+        0 => rest.to_vec(),
+        1 => common::with_file_checksum(CHECKSUM, rest),
+        2 => {
+            let mut content = b"cairn-cb\x01".to_vec();
+            content.extend_from_slice(rest);
+            common::with_file_checksum(CHECKSUM, &content)
+        }
+        _ => {
+            let mut file = f.genuine.clone();
+            for edit in rest.chunks_exact(3) {
+                let at = usize::from(u16::from_le_bytes([edit[0], edit[1]])) % file.len();
+                file[at] ^= edit[2];
+            }
+            if sel & 4 != 0 {
+                common::fix_file_checksum(CHECKSUM, &mut file);
+            }
+            file
+        }
+    };
+    let path = f.home.join(CONTACT_BOOK_FILE_NAME);
+    common::write_private(&path, &file);
+
+    let Ok(mut book) = ContactBook::open(&f.home, f.own) else {
+        assert_ne!(file, f.genuine, "the genuine book must open");
+        return;
+    };
+    let opened = contacts(&book);
+    if file == f.genuine {
+        assert_eq!(opened, f.genuine_contacts, "the genuine book opened to other contacts");
+    }
+    assert!(book.len() <= MAX_CONTACTS);
+    assert_eq!(opened.len(), book.len());
+    for c in &opened {
+        DisplayName::new(c.display_name().as_str()).expect("a loaded name must be valid");
+        assert!(c.hints().len() <= MAX_HINTS);
+        for hint in c.hints() {
+            ReachabilityHint::new(hint.as_str()).expect("a loaded hint must be valid");
+        }
+        assert_eq!(book.get(&c.identity()), Some(c));
+    }
+
+    let Some(rewritten) = rewrite(&mut book, &f.home, &f.own) else {
+        return;
+    };
+    assert_eq!(contacts(&book), opened, "remove and add back changed the book");
+    let mut reopened = ContactBook::open(&f.home, f.own).expect("a rewritten book must open");
+    assert_eq!(contacts(&reopened), opened, "the rewritten book reopens to other contacts");
+    assert_eq!(
+        rewritten.len(),
+        file.len(),
+        "the same contacts re-encode to a different length"
+    );
+    let again = rewrite(&mut reopened, &f.home, &f.own).expect("still has the contact");
+    assert_eq!(again, rewritten, "the book's encoding is not a fixed point");
+});
