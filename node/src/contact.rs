@@ -104,7 +104,7 @@ const MAX_BOOK_ENTRY_LEN: usize = 32
     + MAX_DISPLAY_NAME_BYTES
     + 1
     + MAX_HINTS * (1 + MAX_HINT_BYTES)
-    + 1
+    + 2
     + MAX_PAIR_KEYS_LEN;
 /// Longest persisted [`PairKeys`] state (the outgoing key and the window's incoming keys).
 const MAX_PAIR_KEYS_LEN: usize = 2 + 40 * (1 + crate::seal::KEEP_PERIODS as usize + 1);
@@ -1325,6 +1325,13 @@ impl ContactBook {
                 return Err(ContactBookError::Io { path, source })
             }
         };
+        if contacts.contains_key(&own_identity) {
+            // `add` refuses yourself; a book that holds you was edited behind our back.
+            return Err(ContactBookError::Corrupt {
+                path,
+                reason: "the book lists its own owner as a contact",
+            });
+        }
         Ok(Self {
             path,
             home: home.to_path_buf(),
@@ -1494,12 +1501,14 @@ fn encode_book(contacts: &BTreeMap<IdentityPublicKey, Contact>) -> Vec<u8> {
             push_short_string(&mut out, hint.as_str());
         }
         match &contact.pair_keys {
-            // PairKeys state is at most MAX_PAIR_KEYS_LEN (< 256) bytes.
+            // At most MAX_PAIR_KEYS_LEN bytes (checked on decode and by PairKeys itself).
             Some(keys) => {
-                out.push(keys.0.len() as u8);
+                out.extend_from_slice(
+                    &(keys.0.len().min(usize::from(u16::MAX)) as u16).to_le_bytes(),
+                );
                 out.extend_from_slice(&keys.0);
             }
-            None => out.push(0),
+            None => out.extend_from_slice(&0u16.to_le_bytes()),
         }
     }
     let checksum = blake3::derive_key(BOOK_CHECKSUM_CONTEXT, &out);
@@ -1566,7 +1575,11 @@ fn decode_book(
             let hint = reader.short_str().ok_or(corrupt("bad hint"))?;
             hints.push(ReachabilityHint::new(hint).map_err(|_| corrupt("bad hint"))?);
         }
-        let keys_len = usize::from(reader.u8().ok_or(corrupt("truncated"))?);
+        let len_bytes: [u8; 2] = reader.array().ok_or(corrupt("truncated"))?;
+        let keys_len = usize::from(u16::from_le_bytes(len_bytes));
+        if keys_len > MAX_PAIR_KEYS_LEN {
+            return Err(corrupt("sealing keys too long"));
+        }
         let pair_keys = if keys_len == 0 {
             None
         } else {

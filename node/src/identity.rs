@@ -77,11 +77,14 @@ const SEALED_FILE_LEN: usize =
 /// Read at most this much: a longer file is not ours, and we never allocate what a file asks.
 const MAX_FILE_LEN: u64 = 4096;
 
-/// Upper bounds for Argon2 parameters read from a file. A flipped bit must not make us try to
-/// allocate terabytes or run for a day; these are far above anything a phone can afford.
-const MAX_KDF_MEMORY_KIB: u32 = 1 << 20; // 1 GiB
+/// Upper bounds for Argon2 parameters read from a file. A flipped bit, or a hostile file, must
+/// not make an unlock allocate more than a Raspberry Pi has or run for minutes (the fuzzer
+/// found 1 GiB x 64 passes, the old cap, took over a minute): at most 256 MiB, and at most
+/// four times the default's total work (memory x passes).
+const MAX_KDF_MEMORY_KIB: u32 = 256 * 1024;
 const MAX_KDF_ITERATIONS: u32 = 64;
 const MAX_KDF_PARALLELISM: u32 = 16;
+const MAX_KDF_COST_KIB_PASSES: u64 = 4 * 64 * 1024 * 3;
 
 /// Why an identity could not be created, loaded or saved.
 #[derive(Debug, thiserror::Error)]
@@ -495,14 +498,17 @@ impl KdfParams {
     }
 
     fn validate(&self) -> Result<(), IdentityError> {
+        let cost = u64::from(self.memory_kib) * u64::from(self.iterations);
         if self.memory_kib > MAX_KDF_MEMORY_KIB
             || self.iterations > MAX_KDF_ITERATIONS
             || self.parallelism > MAX_KDF_PARALLELISM
+            || cost > MAX_KDF_COST_KIB_PASSES
         {
             return Err(IdentityError::InvalidKdfParams {
                 reason: format!(
-                    "at most {MAX_KDF_MEMORY_KIB} KiB, {MAX_KDF_ITERATIONS} iterations and \
-                     {MAX_KDF_PARALLELISM} lanes are supported, got {self:?}"
+                    "at most {MAX_KDF_MEMORY_KIB} KiB, {MAX_KDF_ITERATIONS} iterations, \
+                     {MAX_KDF_PARALLELISM} lanes and {MAX_KDF_COST_KIB_PASSES} KiB x passes \
+                     are supported, got {self:?}"
                 ),
             });
         }
@@ -1009,6 +1015,33 @@ mod tests {
         let half = |key: &IdentityPublicKey| safety_code(key, key).groups()[..6].join(" ");
         assert_eq!(code.groups()[..6].join(" "), half(&a));
         assert_eq!(code.groups()[6..].join(" "), half(&b));
+    }
+
+    #[test]
+    fn a_file_cannot_ask_for_more_than_four_times_the_default_work() {
+        let default = KdfParams::default();
+        assert!(default.validate().is_ok());
+        let four_times = KdfParams {
+            iterations: 12,
+            ..default
+        };
+        assert!(four_times.validate().is_ok());
+        for too_much in [
+            KdfParams {
+                iterations: 13,
+                ..default
+            },
+            KdfParams {
+                memory_kib: 512 * 1024,
+                iterations: 1,
+                parallelism: 1,
+            },
+        ] {
+            assert!(matches!(
+                too_much.validate(),
+                Err(IdentityError::InvalidKdfParams { .. })
+            ));
+        }
     }
 
     #[test]

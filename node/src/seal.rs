@@ -61,6 +61,14 @@ pub const PERIOD_SECS: u64 = 86_400;
 /// cannot, because their keys are gone. Must stay below 16 (the header's day nibble).
 pub const KEEP_PERIODS: u64 = 4;
 
+/// Latest day a key may belong to (the year 2^40 / 365 ≈ 3 billion): keeps day arithmetic
+/// far from overflow whatever a damaged or hostile state file says.
+const MAX_PERIOD: u64 = 1 << 40;
+
+/// Most days one [`PairKeys::advance`] rolls forward. A clock more than ten years ahead of
+/// the keys is broken; following it would cost millions of hash steps.
+pub const MAX_ADVANCE_DAYS: u64 = 3_650;
+
 /// Bytes sealing adds to a body: header and authentication tag. The nonce is the envelope's
 /// receipt lock ([`RECEIPT_LOCK_LEN`] more bytes, in the envelope header).
 pub const SEAL_OVERHEAD: usize = 1 + TAG_LEN;
@@ -169,7 +177,7 @@ impl DayKey {
     /// The next day's key; this one should be dropped (zeroized) once no longer needed.
     fn next(&self) -> DayKey {
         DayKey {
-            period: self.period + 1,
+            period: self.period.saturating_add(1).min(MAX_PERIOD),
             key: blake3::derive_key("cairn 2026 pair chain step", &self.key),
         }
     }
@@ -261,18 +269,29 @@ impl PairKeys {
     /// Rolls the chains forward to day `today`, deleting every key older than the window.
     /// Never goes back: a clock set into the past keeps today's keys.
     pub fn advance(&mut self, today: u64) {
+        let today = today.min(self.outgoing.period.saturating_add(MAX_ADVANCE_DAYS));
+        let today = today.min(MAX_PERIOD - 1);
         while self.outgoing.period < today {
             self.outgoing = self.outgoing.next();
         }
         let newest = today.saturating_add(1);
+        let oldest = today.saturating_sub(KEEP_PERIODS - 1);
+        // Roll the incoming chain to tomorrow, dropping what falls out of the window as we go
+        // (one key at a time, never a vector of every day skipped).
         while let Some(head) = self.incoming.last() {
             if head.period >= newest {
                 break;
             }
             let next = head.next();
             self.incoming.push(next);
+            let keep_from = self
+                .incoming
+                .iter()
+                .take(self.incoming.len() - 1)
+                .take_while(|k| k.period < oldest)
+                .count();
+            self.incoming.drain(..keep_from);
         }
-        let oldest = today.saturating_sub(KEEP_PERIODS - 1);
         // Keep at least the head, so the chain can still be rolled forward.
         let drop = self
             .incoming
@@ -392,7 +411,16 @@ impl PairKeys {
         });
         let outgoing = keys.next().ok_or(SealError::Corrupt("no outgoing key"))?;
         let incoming: Vec<DayKey> = keys.collect();
-        if incoming.windows(2).any(|w| w[1].period != w[0].period + 1) {
+        if std::iter::once(&outgoing)
+            .chain(&incoming)
+            .any(|k| k.period >= MAX_PERIOD)
+        {
+            return Err(SealError::Corrupt("a key's day is out of range"));
+        }
+        if incoming
+            .windows(2)
+            .any(|w| w[0].period.checked_add(1) != Some(w[1].period))
+        {
             return Err(SealError::Corrupt("incoming keys are not consecutive days"));
         }
         Ok(PairKeys { outgoing, incoming })
@@ -566,6 +594,24 @@ mod tests {
         assert_eq!(asked.len(), KEEP_PERIODS as usize + 1);
         assert!(asked.contains(&bob.tag(DAY - 3)) && asked.contains(&bob.tag(DAY + 1)));
         assert!(!asked.contains(&bob.tag(DAY - 4)));
+    }
+
+    /// Found by the `pair_keys` fuzz target: days that wrap past `u64::MAX` passed the
+    /// consecutive-days check, and the keys then grew past what can be saved.
+    #[test]
+    fn wrapping_or_absurd_days_are_refused_and_a_wild_clock_is_bounded() {
+        let mut bytes = vec![FORMAT_V1, 2];
+        for period in [7_864_400u64, u64::MAX, 0] {
+            bytes.extend_from_slice(&period.to_le_bytes());
+            bytes.extend_from_slice(&[9; 32]);
+        }
+        assert!(PairKeys::from_bytes(&bytes).is_err());
+        let (mut alice, _) = pair(4);
+        alice.advance(u64::MAX);
+        assert_eq!(alice.today(), DAY + MAX_ADVANCE_DAYS);
+        assert!(alice.incoming.len() <= KEEP_PERIODS as usize + 1);
+        let back = PairKeys::from_bytes(&alice.to_bytes()).unwrap();
+        assert_eq!(back.to_bytes(), alice.to_bytes());
     }
 
     #[test]

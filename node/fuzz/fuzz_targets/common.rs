@@ -7,6 +7,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use cairn_node::contact::{
     ContactCode, DisplayName, ReachabilityHint, MAX_CODE_INPUT_BYTES, MAX_HINTS,
@@ -14,6 +15,15 @@ use cairn_node::contact::{
 use cairn_node::identity::Identity;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
+
+/// With `CAIRN_FUZZ_TRACE` set, prints what an input did (replay one with the target binary and
+/// the input file to see which branch it reached); silent otherwise.
+pub fn trace(what: std::fmt::Arguments<'_>) {
+    static ON: OnceLock<bool> = OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("CAIRN_FUZZ_TRACE").is_some()) {
+        eprintln!("trace: {what}");
+    }
+}
 
 pub fn rng(seed: u64) -> ChaCha20Rng {
     ChaCha20Rng::seed_from_u64(seed)
@@ -95,7 +105,9 @@ pub fn base32(bytes: &[u8]) -> String {
         let value = block.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
         let chars = (chunk.len() * 8).div_ceil(5);
         for i in 0..chars {
-            out.push(char::from(ALPHABET[((value >> (35 - 5 * i)) & 31) as usize]));
+            out.push(char::from(
+                ALPHABET[((value >> (35 - 5 * i)) & 31) as usize],
+            ));
         }
     }
     out
@@ -107,6 +119,7 @@ pub fn check_code_text(text: &str) -> Option<ContactCode> {
     let decoded = ContactCode::decode(text);
     let parsed: Result<ContactCode, _> = text.parse();
     assert_eq!(decoded, parsed, "decode and FromStr disagree");
+    trace(format_args!("contact code: {decoded:?}"));
     let code = decoded.ok()?;
     check_code(&code);
     Some(code)

@@ -6,16 +6,17 @@
 //! 0. the bytes as they are;
 //! 1. the bytes and their correct checksum (unkeyed and public), so mutations reach the
 //!    entries behind it;
-//! 2. `"cairn-cb" ‖ version 1 ‖ bytes ‖ checksum`;
-//! 3. a genuine book of three contacts with the input applied as edits
-//!    (`offset(2) ‖ xor(1)` triples), its checksum fixed when `sel & 4`.
+//! 2. `"cairn-cb" ‖ version 2 ‖ bytes ‖ checksum`;
+//! 3. a genuine book of three contacts (one with sealing keys) with the input applied as
+//!    edits (`offset(2) ‖ xor(1)` triples), its checksum fixed when `sel & 4`.
 //!
 //! Checks: never a panic; what opens holds at most `MAX_CONTACTS` contacts, each with a valid
-//! name and at most `MAX_HINTS` valid hints, each found by `get`; an untouched genuine book
-//! opens to its contacts. Round trip: removing a contact and adding it back makes the book
-//! rewrite its file, which must reopen to the same contacts, have the same length as the
-//! input (same entries, same encoding), and be a fixed point (rewriting it again gives the
-//! same bytes).
+//! name, at most `MAX_HINTS` valid hints and sealing keys that load, each found by `get`; an
+//! untouched genuine book opens to its contacts. Round trip: removing a contact and adding it
+//! back makes the book rewrite its file, which must reopen to the same contacts, have the same
+//! length as the input (same entries, same encoding), and be a fixed point (rewriting it again
+//! gives the same bytes). Sealing keys: a contact's keys, rolled to a nearby day
+//! (`sel >> 3` picks it) and stored back with `set_pair_keys`, must reopen as stored.
 #![no_main]
 
 use std::fs;
@@ -27,6 +28,7 @@ use cairn_node::contact::{
     CONTACT_BOOK_FILE_NAME, MAX_CONTACTS, MAX_HINTS,
 };
 use cairn_node::identity::IdentityPublicKey;
+use cairn_node::seal::PairKeys;
 use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
@@ -67,6 +69,11 @@ fn fixture() -> &'static Fixture {
             );
             book.mark_verified(&person.public_key(), how)
                 .expect("verify");
+            if n == 0 {
+                let keys = PairKeys::new(&[7; 32], own.as_bytes(), person.public_key().as_bytes(), 20_600);
+                book.set_pair_keys(&person.public_key(), &keys)
+                    .expect("store sealing keys");
+            }
         }
         let genuine = fs::read(seed.join(CONTACT_BOOK_FILE_NAME)).expect("read the book");
         let genuine_contacts = book.list().into_iter().cloned().collect();
@@ -100,6 +107,43 @@ fn rewrite(book: &mut ContactBook, home: &Path, own: &IdentityPublicKey) -> Opti
     Some(fs::read(home.join(CONTACT_BOOK_FILE_NAME)).expect("read the rewritten book"))
 }
 
+/// Chain steps (one BLAKE3 each) one `advance` may take in one run.
+const MAX_STEPS: u64 = 4096;
+
+/// Rolls the first contact's sealing keys to a nearby day and stores them back, as the node
+/// does every day: the book must reopen with exactly those keys.
+fn roll_keys(book: &mut ContactBook, home: &Path, own: IdentityPublicKey, sel: u8) {
+    let Some((identity, mut keys)) = book
+        .list()
+        .into_iter()
+        .find_map(|c| Some((c.identity(), c.pair_keys()?)))
+    else {
+        return;
+    };
+    // version(1) ‖ count(1) ‖ (period(8 LE) ‖ key(32))*: outgoing first, incoming head last.
+    let state = keys.to_bytes();
+    let period = |i: usize| u64::from_le_bytes(state[2 + 40 * i..][..8].try_into().expect("8"));
+    let (outgoing, head) = (period(0), period(usize::from(state[1])));
+    let today = outgoing.saturating_add_signed(i64::from(sel >> 3) - 8);
+    let steps = today
+        .saturating_sub(outgoing)
+        .saturating_add(today.saturating_add(1).saturating_sub(head));
+    if steps > MAX_STEPS {
+        return;
+    }
+    keys.advance(today);
+    book.set_pair_keys(&identity, &keys).expect("store sealing keys");
+    let reopened = ContactBook::open(home, own).unwrap_or_else(|e| {
+        panic!("the book cannot be reopened after storing keys advanced to day {today}: {e}")
+    });
+    let stored = reopened
+        .get(&identity)
+        .and_then(|c| c.pair_keys())
+        .expect("the stored keys are there");
+    assert_eq!(stored.to_bytes(), keys.to_bytes(), "the book changed the sealing keys");
+    assert_eq!(contacts(&reopened), contacts(book));
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, rest)) = data.split_first() else {
         return;
@@ -109,7 +153,7 @@ fuzz_target!(|data: &[u8]| {
         0 => rest.to_vec(),
         1 => common::with_file_checksum(CHECKSUM, rest),
         2 => {
-            let mut content = b"cairn-cb\x01".to_vec();
+            let mut content = b"cairn-cb\x02".to_vec();
             content.extend_from_slice(rest);
             common::with_file_checksum(CHECKSUM, &content)
         }
@@ -128,7 +172,9 @@ fuzz_target!(|data: &[u8]| {
     let path = f.home.join(CONTACT_BOOK_FILE_NAME);
     common::write_private(&path, &file);
 
-    let Ok(mut book) = ContactBook::open(&f.home, f.own) else {
+    let opened = ContactBook::open(&f.home, f.own);
+    common::trace(format_args!("open: {:?}", opened.as_ref().map(|b| b.len())));
+    let Ok(mut book) = opened else {
         assert_ne!(file, f.genuine, "the genuine book must open");
         return;
     };
@@ -145,6 +191,9 @@ fuzz_target!(|data: &[u8]| {
             ReachabilityHint::new(hint.as_str()).expect("a loaded hint must be valid");
         }
         assert_eq!(book.get(&c.identity()), Some(c));
+        if let Some(keys) = c.pair_keys() {
+            assert!(keys.to_bytes().len() < 256, "sealing keys too long for the book");
+        }
     }
 
     let Some(rewritten) = rewrite(&mut book, &f.home, &f.own) else {
@@ -160,4 +209,5 @@ fuzz_target!(|data: &[u8]| {
     );
     let again = rewrite(&mut reopened, &f.home, &f.own).expect("still has the contact");
     assert_eq!(again, rewritten, "the book's encoding is not a fixed point");
+    roll_keys(&mut reopened, &f.home, f.own, sel);
 });

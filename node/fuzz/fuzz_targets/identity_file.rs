@@ -18,7 +18,7 @@
 //! survives a sealed save and load with the same secrets.
 //!
 //! The Argon2 parameters come from the file (capped by the crate at 1 GiB, 64 passes, 16
-//! lanes). Unlocking is attempted only when `memory_kib * iterations <= KDF_BUDGET`, or a
+//! lanes). Unlocking is attempted only when `memory_kib * iterations <= kdf_budget()`, or a
 //! single input would take a minute; see the README for that finding.
 #![no_main]
 
@@ -38,7 +38,16 @@ use common::IDENTITY_CHECKSUM_CONTEXT as CHECKSUM;
 
 const PASSPHRASE: &str = "correct horse";
 /// KiB × passes of Argon2 a run may spend on one unlock attempt (64 KiB × 1 is ~0.1 ms).
-const KDF_BUDGET: u64 = 2048;
+/// `CAIRN_FUZZ_KDF_BUDGET` overrides it, to time what a file asks for (see the README).
+fn kdf_budget() -> u64 {
+    static BUDGET: OnceLock<u64> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        std::env::var("CAIRN_FUZZ_KDF_BUDGET")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2048)
+    })
+}
 
 struct Fixture {
     home: PathBuf,
@@ -114,6 +123,7 @@ fuzz_target!(|data: &[u8]| {
 
     let info = IdentityFileInfo::read(&f.home);
     let without = Identity::load(&f.home, None);
+    common::trace(format_args!("read: {info:?}; load without passphrase: {without:?}"));
 
     let Ok(info) = info else {
         assert!(without.is_err(), "loaded a file that read refuses");
@@ -142,10 +152,13 @@ fuzz_target!(|data: &[u8]| {
                 "an empty passphrase must be refused before any KDF work"
             );
             let cost = u64::from(params.memory_kib) * u64::from(params.iterations);
-            if cost > KDF_BUDGET {
+            if cost > kdf_budget() {
+                common::trace(format_args!("not unlocking: {params:?} is over the budget"));
                 return;
             }
-            Identity::load(&f.home, Some(PASSPHRASE))
+            let with = Identity::load(&f.home, Some(PASSPHRASE));
+            common::trace(format_args!("load with the passphrase: {with:?}"));
+            with
         }
     };
 
