@@ -7,3 +7,6 @@
 
 /// The Noise session that secures a hop over any link (pure state machine).
 pub mod hop;
+
+/// LAN links: mDNS discovery and TCP connections handed to the daemon (I/O edge, tokio).
+pub mod lan;
