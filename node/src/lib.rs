@@ -1,7 +1,11 @@
 //! # cairn-node: the Cairn node as a library
 //!
-//! What the `cairn` command and daemon are made of: identity, contacts, end-to-end sealing.
+//! What the `cairn` command and daemon are made of: identity, contacts, end-to-end sealing,
+//! the node's home directory and its message database.
 
+pub mod app;
 pub mod contact;
+pub mod daemon;
+pub mod home;
 pub mod identity;
 pub mod seal;

@@ -1,28 +1,46 @@
-//! `cairn`: the command people run.
+//! `cairn`: the command people and scripts run. See `cairn --help`, and [`cli`] for the
+//! commands.
 //!
-//! This release ships the store-and-forward core (`cairn-sync`) and its simulator; the daemon,
-//! contacts and the LAN transport come next (see README). Until then the command says so
-//! rather than pretending.
+//! Exit codes: 0 success, 1 error (one `error: ...` line on stderr), 2 usage error (clap).
+
+mod cli;
+
+use std::io;
+use std::process::ExitCode;
 
 use clap::Parser;
+use tracing_subscriber::EnvFilter;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "cairn",
-    version,
-    about = "Cairn: an offline-first mesh messenger",
-    long_about = "Cairn: an offline-first mesh messenger.\n\n\
-        This build contains the sync core and the mesh simulator. Try the simulator:\n\
-        \n    cargo run --release -p cairn-tools --bin cairn-sim -- --scenario field-team --seed 1\n\
-        \nThe daemon (`cairn run`), contacts and `cairn demo` are not in this build yet."
-)]
-struct Cli {}
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_logging(cli::default_log_level(&cli.command));
+    match cli::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`cairn messages | head`): not an error of ours.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` puts the whole cause chain on one line.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
-fn main() {
-    let _cli = Cli::parse();
-    eprintln!(
-        "cairn {}: the node daemon is not in this build yet; run `cairn --help`.",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+/// Logs go to stderr, filtered by `RUST_LOG` (or `default_level` when it is unset or invalid).
+fn init_logging(default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // Fails only if a subscriber is already set, which cannot happen this early.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .try_init();
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
 }

@@ -1,0 +1,377 @@
+//! The node's core: the application side of the sync engine.
+//!
+//! One task owns it. It seals queued messages into the sync store, opens what is delivered
+//! to us, publishes receipts, keeps the message database's statuses in step with what the
+//! links report, rolls the sealing keys forward every day (deleting old ones), and writes
+//! the status file `cairn status` reads.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use cairn_sync::envelope::{Envelope, Item, ItemId, Priority};
+use cairn_sync::policy::NodePolicy;
+use cairn_sync::session::{self, SyncEvent};
+use cairn_sync::store::{ItemKind, Origin, Store, WriteBatch, WriteOp};
+use cairn_sync::time::Timestamp;
+
+use super::shared::{now_ms, NodeEvent, Shared};
+use crate::app::AppDb;
+use crate::contact::{Contact, ContactBook};
+use crate::identity::{Identity, IdentityPublicKey};
+use crate::seal::{period_of, SealedHeader};
+
+/// How long carriers keep a message: a week, time for a chain of meetings to form.
+const MESSAGE_LIFETIME_SECS: u32 = 7 * 24 * 3600;
+
+/// Copies of each message in the network (spray and focus).
+const COPY_BUDGET: u8 = 8;
+
+/// Texts up to this long go first and fit a LoRa frame.
+const SHORT_TEXT: usize = 160;
+
+/// The first byte of every plaintext: the payload format.
+const PAYLOAD_V1: u8 = 1;
+const KIND_TEXT: u8 = 1;
+
+/// Everything the core task owns.
+pub struct Core {
+    pub home: PathBuf,
+    pub identity: Identity,
+    pub name: String,
+    pub shared: Arc<Shared>,
+    pub app: AppDb,
+    pub book: ContactBook,
+    book_stamp: Option<std::time::SystemTime>,
+    today: u64,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("home", &self.home)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the log and the demo hear about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Story {
+    Queued {
+        to: String,
+        text: String,
+    },
+    Sealed {
+        to: String,
+        envelope: ItemId,
+        bytes: usize,
+    },
+    Received {
+        from: String,
+        text: String,
+        envelope: ItemId,
+    },
+    Relayed {
+        envelope: ItemId,
+    },
+    Delivered {
+        envelope: ItemId,
+    },
+    /// A link is up: `peer` as this node would name it, `key` its identity.
+    LinkUp {
+        peer: String,
+        key: [u8; 32],
+    },
+    LinkDown {
+        peer: String,
+        key: [u8; 32],
+    },
+    /// A receipt for someone else's message arrived: the copy carried here is gone.
+    ReceiptCarried {
+        envelope: ItemId,
+    },
+    /// mDNS found a node at these addresses.
+    Discovered {
+        addrs: Vec<std::net::SocketAddr>,
+    },
+    /// A meeting ended.
+    Meeting {
+        peer: Option<[u8; 32]>,
+        items_sent: u64,
+        items_received: u64,
+        bytes_sent: u64,
+        bytes_received: u64,
+        millis: u64,
+        ended_by: String,
+    },
+}
+
+impl Core {
+    pub fn new(
+        home: &Path,
+        identity: Identity,
+        name: String,
+        shared: Arc<Shared>,
+        app: AppDb,
+    ) -> anyhow::Result<Core> {
+        let book = ContactBook::open(home, identity.public_key())
+            .with_context(|| format!("opening the contact book in {}", home.display()))?;
+        let mut core = Core {
+            home: home.to_path_buf(),
+            identity,
+            name,
+            shared,
+            app,
+            book,
+            book_stamp: None,
+            today: 0,
+        };
+        core.book_stamp = core.book_mtime();
+        core.new_day(period_of(now_ms() / 1000))?;
+        Ok(core)
+    }
+
+    /// The policy of this node's sessions: the recipient tags of the key window.
+    pub fn policy_for(identity: &Identity, today: u64) -> NodePolicy {
+        NodePolicy {
+            scopes: identity.mailbox_key().tags_around(today),
+            ..NodePolicy::default()
+        }
+    }
+
+    fn book_mtime(&self) -> Option<std::time::SystemTime> {
+        std::fs::metadata(self.home.join(crate::contact::CONTACT_BOOK_FILE_NAME))
+            .and_then(|m| m.modified())
+            .ok()
+    }
+
+    /// Runs the periodic work: a new day, contacts added by the CLI, queued messages.
+    pub fn tick(&mut self, stories: &mut Vec<Story>) -> anyhow::Result<()> {
+        let today = period_of(now_ms() / 1000);
+        if today != self.today {
+            self.new_day(today)?;
+        }
+        let stamp = self.book_mtime();
+        if stamp != self.book_stamp {
+            self.book = ContactBook::open(&self.home, self.identity.public_key())?;
+            self.book_stamp = stamp;
+        }
+        self.seal_queued(stories)
+    }
+
+    /// Rolls every contact's keys to `today` (deleting the ones that fall out of the
+    /// window, on disk too) and asks for today's tags.
+    fn new_day(&mut self, today: u64) -> anyhow::Result<()> {
+        self.today = today;
+        let contacts: Vec<Contact> = self.book.list().into_iter().cloned().collect();
+        for contact in contacts {
+            if let Some(mut keys) = contact.pair_keys() {
+                keys.advance(today);
+                self.book.set_pair_keys(&contact.identity(), &keys)?;
+            }
+        }
+        self.shared
+            .set_policy(Core::policy_for(&self.identity, today));
+        Ok(())
+    }
+
+    /// The name the user gave a contact (`contacts add NAME`), else the one in its code.
+    fn contact_name(&self, identity: &IdentityPublicKey) -> String {
+        if let Ok(Some(name)) = self.app.contact_name(identity) {
+            return name;
+        }
+        self.book
+            .get(identity)
+            .map(|c| c.display_name().as_str().to_owned())
+            .unwrap_or_else(|| "someone".into())
+    }
+
+    /// Others' envelopes this node is carrying.
+    pub fn carried(&self) -> anyhow::Result<u64> {
+        let store = self.shared.lock_store();
+        let mut remote = 0u64;
+        store.for_each_recon_key(&cairn_sync::store::ReconFilter::All, &mut |_| remote += 1)?;
+        Ok(remote)
+    }
+
+    /// Seals what `cairn send` queued and puts it in the sync store.
+    fn seal_queued(&mut self, stories: &mut Vec<Story>) -> anyhow::Result<()> {
+        let queued = self.app.queued(64)?;
+        if queued.is_empty() {
+            return Ok(());
+        }
+        let now_secs = now_ms() / 1000;
+        let mut sealed_any = false;
+        for message in queued {
+            let Some(contact) = self.book.get(&message.peer).cloned() else {
+                tracing::warn!(
+                    id = message.id,
+                    "queued message for someone not in the contact book"
+                );
+                continue;
+            };
+            let Some(mut keys) = contact.pair_keys() else {
+                tracing::warn!(id = message.id, to = %contact.display_name().as_str(), "no keys shared with this contact yet");
+                continue;
+            };
+            keys.advance(self.today);
+            let header = SealedHeader {
+                created_at_secs: now_secs,
+                lifetime_secs: MESSAGE_LIFETIME_SECS,
+                scope: contact.mailbox_key().tag(keys.today()),
+                priority: if message.text.len() <= SHORT_TEXT {
+                    Priority::High
+                } else {
+                    Priority::Normal
+                },
+                copy_budget: COPY_BUDGET,
+            };
+            let mut plaintext = Vec::with_capacity(2 + message.text.len());
+            plaintext.extend_from_slice(&[PAYLOAD_V1, KIND_TEXT]);
+            plaintext.extend_from_slice(message.text.as_bytes());
+            let sealed = keys.seal(&header, &plaintext)?;
+            let envelope = Envelope {
+                created_at_secs: header.created_at_secs,
+                lifetime_secs: header.lifetime_secs,
+                scope: header.scope,
+                priority: header.priority,
+                copy_budget: header.copy_budget,
+                receipt_lock: sealed.receipt_lock,
+                body: sealed.body,
+            };
+            let bytes = envelope.encode().len();
+            let id = {
+                let mut store = self.shared.lock_store();
+                let policy = self.shared.policy();
+                session::originate(
+                    &mut *store,
+                    &policy,
+                    &envelope,
+                    Timestamp::from_millis(now_ms()),
+                )
+                .context("storing a message")?
+            };
+            self.app.mark_sealed(message.id, id)?;
+            sealed_any = true;
+            stories.push(Story::Sealed {
+                to: self.contact_name(&contact.identity()),
+                envelope: id,
+                bytes,
+            });
+        }
+        if sealed_any {
+            self.shared.store_changed();
+        }
+        Ok(())
+    }
+
+    /// One event from a link.
+    pub fn handle(&mut self, event: NodeEvent, stories: &mut Vec<Story>) -> anyhow::Result<()> {
+        match event {
+            NodeEvent::Sync(SyncEvent::Delivered { id }) => self.open_delivered(id, stories)?,
+            NodeEvent::Sync(SyncEvent::ReceiptForOwn { id }) => {
+                self.app.mark_delivered(&id)?;
+                stories.push(Story::Delivered { envelope: id });
+            }
+            NodeEvent::Sync(SyncEvent::ItemSent { id, .. }) => {
+                let ours = self
+                    .shared
+                    .lock_store()
+                    .meta(&id)?
+                    .is_some_and(|m| m.origin == Origin::Local && m.kind == ItemKind::Envelope);
+                if ours {
+                    self.app.mark_relayed(&id)?;
+                    stories.push(Story::Relayed { envelope: id });
+                }
+            }
+            NodeEvent::Sync(SyncEvent::ItemStored {
+                kind: ItemKind::Tombstone { target },
+                ..
+            }) => stories.push(Story::ReceiptCarried { envelope: target }),
+            NodeEvent::LinkUp { peer } => stories.push(Story::LinkUp {
+                peer: self.peer_label(&peer),
+                key: peer,
+            }),
+            NodeEvent::LinkDown { peer } => stories.push(Story::LinkDown {
+                peer: self.peer_label(&peer),
+                key: peer,
+            }),
+            NodeEvent::Sync(_) => {}
+        }
+        Ok(())
+    }
+
+    fn peer_label(&self, peer: &[u8; 32]) -> String {
+        match IdentityPublicKey::from_bytes(*peer) {
+            Ok(identity) => match self.book.get(&identity) {
+                Some(_) => self.contact_name(&identity),
+                None => format!("a team member ({})", &hex_prefix(peer)),
+            },
+            Err(_) => "an unknown peer".into(),
+        }
+    }
+
+    /// An envelope for us arrived: find which contact sealed it, record the text, publish
+    /// the receipt. One that opens with nobody's keys is dropped from the inbox (it cannot
+    /// be answered with a receipt: only its sender could).
+    fn open_delivered(&mut self, id: ItemId, stories: &mut Vec<Story>) -> anyhow::Result<()> {
+        let entry = self.shared.lock_store().inbox_entry(&id)?;
+        let Some(entry) = entry else {
+            return Ok(());
+        };
+        let Ok(Item::Envelope(envelope)) = Item::decode(&entry.encoded) else {
+            return self.discard(id, "not an envelope");
+        };
+        let header = SealedHeader {
+            created_at_secs: envelope.created_at_secs,
+            lifetime_secs: envelope.lifetime_secs,
+            scope: envelope.scope,
+            priority: envelope.priority,
+            copy_budget: envelope.copy_budget,
+        };
+        let opened = self.book.list().into_iter().find_map(|contact| {
+            let keys = contact.pair_keys()?;
+            let opened = keys
+                .open(&header, &envelope.receipt_lock, &envelope.body)
+                .ok()?;
+            Some((contact.identity(), opened))
+        });
+        let Some((from, opened)) = opened else {
+            return self.discard(id, "sealed by nobody we know (or altered)");
+        };
+        let text = match opened.plaintext.split_first_chunk::<2>() {
+            Some(([PAYLOAD_V1, KIND_TEXT], text)) => String::from_utf8_lossy(text).into_owned(),
+            _ => return self.discard(id, "a payload this build does not understand"),
+        };
+        self.app
+            .record_received(from, &text, envelope.created_at_secs, now_ms() / 1000, id)?;
+        {
+            let mut store = self.shared.lock_store();
+            session::acknowledge(
+                &mut *store,
+                &id,
+                opened.proof,
+                Timestamp::from_millis(now_ms()),
+            )?;
+        }
+        self.shared.store_changed();
+        stories.push(Story::Received {
+            from: self.contact_name(&from),
+            text,
+            envelope: id,
+        });
+        Ok(())
+    }
+
+    fn discard(&mut self, id: ItemId, why: &str) -> anyhow::Result<()> {
+        tracing::warn!(envelope = %id.to_hex(), "dropping a delivered envelope: {why}");
+        let mut batch = WriteBatch::new();
+        batch.push(WriteOp::AckInbox(id));
+        self.shared.lock_store().commit(batch)?;
+        Ok(())
+    }
+}
+
+fn hex_prefix(bytes: &[u8]) -> String {
+    bytes.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}

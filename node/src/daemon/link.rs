@@ -1,0 +1,298 @@
+//! One link: a byte stream carrying a Noise hop session, carrying a sync session.
+//!
+//! The task owns the socket and both pure state machines; the sync store is shared with the
+//! node's other links behind a mutex, held only for one engine step at a time (never across
+//! an await). What the sync session reports goes to the node's core task, which owns the
+//! application side (sealing, opening, the message database).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_sync::session::{Role as SyncRole, SessionConfig, SyncEvent, SyncSession};
+use cairn_sync::time::Timestamp;
+use cairn_transports::hop::{
+    DeviceCredential, Framing, HopConfig, HopEvent, HopSession, Role as HopRole,
+};
+use rand_core_06::{OsRng, RngCore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::shared::{now_ms, LinkId, Shared};
+
+/// Frames one pump moves from the sync session into the hop session before the bytes are
+/// written out: bounds memory when a peer lacks a hundred thousand messages.
+const FRAMES_PER_PUMP: usize = 64;
+
+/// Largest sync frame on a LAN link (the sync engine's maximum).
+const LAN_SYNC_MTU: usize = cairn_sync::wire::MAX_MTU;
+
+/// What one meeting exchanged, for the one log line it gets.
+#[derive(Clone, Debug, Default)]
+pub struct MeetingSummary {
+    pub peer: Option<[u8; 32]>,
+    pub items_sent: u64,
+    pub items_received: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub rounds: u64,
+    pub ended_by: String,
+}
+
+/// Why the loop stopped.
+enum Stop {
+    Closed(String),
+}
+
+/// Runs a link until the peer goes away, the session fails, or the node shuts down.
+pub async fn run_link(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    outbound: bool,
+    mut shutdown: watch::Receiver<bool>,
+) -> MeetingSummary {
+    let link = shared.new_link_id();
+    tracing::debug!(%remote, outbound, link, "link open; Noise handshake starting");
+    let mut summary = MeetingSummary::default();
+    let mut seed = [0u8; 32];
+    OsRng.fill_bytes(&mut seed);
+    let role = if outbound {
+        HopRole::Initiator
+    } else {
+        HopRole::Responder
+    };
+    let config = HopConfig::new(
+        role,
+        shared.hop_keys.clone(),
+        shared.network_key.clone(),
+        Framing::Stream,
+    );
+    let mut hop = match HopSession::new(config, now_ms(), seed) {
+        Ok(hop) => hop,
+        Err(error) => {
+            summary.ended_by = format!("hop session setup failed: {error}");
+            return summary;
+        }
+    };
+    let (mut reader, mut writer) = stream.into_split();
+    let mut changed = shared.subscribe_changes();
+    let mut sync: Option<SyncSession> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    let stop = 'main: loop {
+        // Everything the state machines want to say goes out before we wait again.
+        if let Some(s) = sync.as_mut() {
+            if let Err(reason) = pump_sync(&shared, s, &mut hop, &mut summary) {
+                break Stop::Closed(reason);
+            }
+        }
+        while let Some(bytes) = hop.poll_transmit() {
+            summary.bytes_sent += bytes.len() as u64;
+            if let Err(error) = writer.write_all(&bytes).await {
+                break 'main Stop::Closed(format!("write failed: {error}"));
+            }
+        }
+        if hop.is_closed() {
+            break Stop::Closed("hop session closed".into());
+        }
+        let deadline = next_deadline(&hop, sync.as_ref());
+        tokio::select! {
+            read = reader.read(&mut buf) => match read {
+                Ok(0) => break Stop::Closed("peer closed the connection".into()),
+                Ok(n) => {
+                    summary.bytes_received += n as u64;
+                    hop.handle_input(now_ms(), &buf[..n]);
+                }
+                Err(error) => break Stop::Closed(format!("read failed: {error}")),
+            },
+            _ = changed.changed() => {
+                if let Some(s) = sync.as_mut() {
+                    s.notify_store_changed();
+                }
+            }
+            _ = sleep_until_ms(deadline) => {
+                let now = now_ms();
+                hop.handle_timeout(now);
+                if let Some(s) = sync.as_mut() {
+                    if let Err(error) = s.handle_timeout(Timestamp::from_millis(now)) {
+                        break Stop::Closed(format!("sync: {error}"));
+                    }
+                }
+            }
+            _ = shutdown.changed() => {
+                if let Some(s) = sync.as_mut() {
+                    s.close(cairn_sync::wire::CloseReason::Shutdown);
+                    let _ = pump_sync(&shared, s, &mut hop, &mut summary);
+                }
+                while let Some(bytes) = hop.poll_transmit() {
+                    let _ = writer.write_all(&bytes).await;
+                }
+                break Stop::Closed("node shutting down".into());
+            }
+        }
+        if summary
+            .peer
+            .is_some_and(|peer| !shared.is_current(&peer, link))
+        {
+            break Stop::Closed("a newer link to the same peer replaced this one".into());
+        }
+        // Hop events: the handshake result and sync frames.
+        let mut failed = None;
+        while let Some(event) = hop.poll_event() {
+            match event {
+                HopEvent::Established { peer } => {
+                    match start_sync(&shared, link, &peer, outbound) {
+                        Ok(session) => {
+                            summary.peer = Some(peer.identity);
+                            sync = Some(session);
+                        }
+                        Err(reason) => failed = Some(reason),
+                    }
+                }
+                HopEvent::Frame(frame) => {
+                    let Some(s) = sync.as_mut() else {
+                        failed = Some("sync frame before the handshake finished".into());
+                        break;
+                    };
+                    if let Err(reason) = handle_frame(&shared, s, &frame, &mut summary) {
+                        failed = Some(reason);
+                        break;
+                    }
+                }
+                HopEvent::Closed(error) => {
+                    failed = Some(format!("hop: {error}"));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if let Some(reason) = failed {
+            // Say why to the peer where the state machines have something to send.
+            if let Some(s) = sync.as_mut() {
+                let _ = pump_sync(&shared, s, &mut hop, &mut summary);
+            }
+            while let Some(bytes) = hop.poll_transmit() {
+                let _ = writer.write_all(&bytes).await;
+            }
+            break Stop::Closed(reason);
+        }
+    };
+    let Stop::Closed(reason) = stop;
+    if let Some(peer) = summary.peer {
+        shared.link_down(&peer, link);
+    }
+    summary.ended_by = reason;
+    summary
+}
+
+fn next_deadline(hop: &HopSession, sync: Option<&SyncSession>) -> Option<u64> {
+    let sync_deadline = sync
+        .and_then(SyncSession::poll_timeout)
+        .map(|t| t.as_millis());
+    match (hop.poll_timeout(), sync_deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+async fn sleep_until_ms(deadline: Option<u64>) {
+    match deadline {
+        Some(at) => {
+            let wait = at.saturating_sub(now_ms());
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The peer proved who it is: register the link (one per peer) and start syncing.
+fn start_sync(
+    shared: &Shared,
+    link: LinkId,
+    peer: &DeviceCredential,
+    outbound: bool,
+) -> Result<SyncSession, String> {
+    if peer.identity == shared.own_identity {
+        return Err("connected to ourselves".into());
+    }
+    if !shared.link_up(peer.identity, link, outbound) {
+        return Err("already linked to this peer".into());
+    }
+    let role = if outbound {
+        SyncRole::Initiator
+    } else {
+        SyncRole::Responder
+    };
+    let config = SessionConfig::new(LAN_SYNC_MTU, shared.policy());
+    SyncSession::new(
+        config,
+        role,
+        peer.identity.to_vec(),
+        OsRng.next_u64(),
+        Timestamp::from_millis(now_ms()),
+    )
+    .map_err(|e| format!("sync session: {e}"))
+}
+
+/// Moves sync frames into the hop session, a bounded batch at a time.
+fn pump_sync(
+    shared: &Shared,
+    sync: &mut SyncSession,
+    hop: &mut HopSession,
+    summary: &mut MeetingSummary,
+) -> Result<(), String> {
+    let now = Timestamp::from_millis(now_ms());
+    for _ in 0..FRAMES_PER_PUMP {
+        let frame = {
+            let mut store = shared.lock_store();
+            sync.poll_transmit(now, &mut *store)
+        };
+        match frame {
+            Ok(Some(frame)) => hop.send(&frame).map_err(|e| format!("hop: {e}"))?,
+            Ok(None) => break,
+            Err(error) => return Err(format!("sync: {error}")),
+        }
+    }
+    forward_events(shared, sync, summary);
+    Ok(())
+}
+
+fn handle_frame(
+    shared: &Shared,
+    sync: &mut SyncSession,
+    frame: &[u8],
+    summary: &mut MeetingSummary,
+) -> Result<(), String> {
+    let result = {
+        let mut store = shared.lock_store();
+        sync.handle_frame(Timestamp::from_millis(now_ms()), frame, &mut *store)
+    };
+    // What was committed happened even if the frame then failed.
+    forward_events(shared, sync, summary);
+    result.map_err(|e| format!("sync: {e}"))
+}
+
+fn forward_events(shared: &Shared, sync: &mut SyncSession, summary: &mut MeetingSummary) {
+    let mut store_changed = false;
+    while let Some(event) = sync.poll_event() {
+        match &event {
+            SyncEvent::ItemSent { .. } => summary.items_sent += 1,
+            SyncEvent::ItemStored { .. } => {
+                summary.items_received += 1;
+                store_changed = true;
+            }
+            SyncEvent::Delivered { .. } => {
+                summary.items_received += 1;
+                store_changed = true;
+            }
+            SyncEvent::RoundComplete { .. } => summary.rounds += 1,
+            SyncEvent::HandedOver { .. } => store_changed = true,
+            _ => {}
+        }
+        shared.report(event);
+    }
+    if store_changed {
+        shared.store_changed();
+    }
+}
