@@ -188,6 +188,18 @@ pub struct MessageRecord {
     pub envelope: Option<ItemId>,
 }
 
+/// A message that arrived, for [`AppDb::record_received_all`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    pub from: IdentityPublicKey,
+    pub text: String,
+    /// The sender's claim, unix seconds.
+    pub sent_at: u64,
+    /// When this node received it, unix seconds.
+    pub received_at: u64,
+    pub envelope: ItemId,
+}
+
 /// Messages by status.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -430,36 +442,49 @@ impl AppDb {
     /// message stays [`Status::Queued`] until another node takes it. Repeating the call with
     /// the same envelope is harmless.
     pub fn mark_sealed(&self, id: u64, envelope: ItemId) -> Result<(), AppError> {
+        self.mark_sealed_all(&[(id, envelope)])
+    }
+
+    /// [`AppDb::mark_sealed`] for many messages in one transaction (the daemon seals what was
+    /// queued offline in batches). All or nothing.
+    pub fn mark_sealed_all(&self, sealed: &[(u64, ItemId)]) -> Result<(), AppError> {
         self.write(|wtxn| {
-            let mut record = self
-                .record(wtxn, id)?
-                .ok_or(AppError::UnknownMessage { id })?;
-            if record.direction != Direction::Outgoing {
-                return Err(AppError::NotQueued { id }.into());
+            for &(id, envelope) in sealed {
+                self.seal_one(wtxn, id, envelope)?;
             }
-            match record.envelope {
-                Some(existing) if existing == envelope => return Ok(()),
-                Some(_) => return Err(AppError::AlreadySealed { id }.into()),
-                None => {}
-            }
-            if record.status != Status::Queued {
-                return Err(AppError::NotQueued { id }.into());
-            }
-            if let Some(owner) = self.by_envelope.get(wtxn, &envelope.0)? {
-                let owner = decode_id(owner)?;
-                return Err(AppError::EnvelopeInUse {
-                    envelope,
-                    id: owner,
-                }
-                .into());
-            }
-            record.envelope = Some(envelope);
-            self.messages
-                .put(wtxn, &id.to_be_bytes(), &encode_record(&record))?;
-            self.by_envelope.put(wtxn, &envelope.0, &id.to_be_bytes())?;
-            self.outbox.delete(wtxn, &id.to_be_bytes())?;
             Ok(())
         })
+    }
+
+    fn seal_one(&self, wtxn: &mut RwTxn<'_>, id: u64, envelope: ItemId) -> Result<(), TxnError> {
+        let mut record = self
+            .record(wtxn, id)?
+            .ok_or(AppError::UnknownMessage { id })?;
+        if record.direction != Direction::Outgoing {
+            return Err(AppError::NotQueued { id }.into());
+        }
+        match record.envelope {
+            Some(existing) if existing == envelope => return Ok(()),
+            Some(_) => return Err(AppError::AlreadySealed { id }.into()),
+            None => {}
+        }
+        if record.status != Status::Queued {
+            return Err(AppError::NotQueued { id }.into());
+        }
+        if let Some(owner) = self.by_envelope.get(wtxn, &envelope.0)? {
+            let owner = decode_id(owner)?;
+            return Err(AppError::EnvelopeInUse {
+                envelope,
+                id: owner,
+            }
+            .into());
+        }
+        record.envelope = Some(envelope);
+        self.messages
+            .put(wtxn, &id.to_be_bytes(), &encode_record(&record))?;
+        self.by_envelope.put(wtxn, &envelope.0, &id.to_be_bytes())?;
+        self.outbox.delete(wtxn, &id.to_be_bytes())?;
+        Ok(())
     }
 
     /// Another node took the envelope: `Queued` becomes `Relayed`. Does nothing for any
@@ -477,23 +502,31 @@ impl AppDb {
     }
 
     fn advance_outgoing(&self, envelope: &ItemId, to: Status) -> Result<(), AppError> {
+        self.advance_all(std::slice::from_ref(envelope), to)
+    }
+
+    /// Moves every one of our outgoing messages among `envelopes` forward to `to` (never
+    /// back), in one transaction. Envelopes that are not ours are ignored.
+    pub fn advance_all(&self, envelopes: &[ItemId], to: Status) -> Result<(), AppError> {
         self.write(|wtxn| {
-            let Some(id) = self.by_envelope.get(wtxn, &envelope.0)? else {
-                return Ok(());
-            };
-            let id = decode_id(id)?;
-            let mut record = self.record(wtxn, id)?.ok_or(AppError::Corrupt {
-                reason: "the envelope index names a missing message",
-            })?;
-            if record.direction != Direction::Outgoing || record.status >= to {
-                return Ok(());
+            for envelope in envelopes {
+                let Some(id) = self.by_envelope.get(wtxn, &envelope.0)? else {
+                    continue;
+                };
+                let id = decode_id(id)?;
+                let mut record = self.record(wtxn, id)?.ok_or(AppError::Corrupt {
+                    reason: "the envelope index names a missing message",
+                })?;
+                if record.direction != Direction::Outgoing || record.status >= to {
+                    continue;
+                }
+                let from = record.status;
+                record.status = to;
+                self.messages
+                    .put(wtxn, &id.to_be_bytes(), &encode_record(&record))?;
+                self.add_to_count(wtxn, from, -1)?;
+                self.add_to_count(wtxn, to, 1)?;
             }
-            let from = record.status;
-            record.status = to;
-            self.messages
-                .put(wtxn, &id.to_be_bytes(), &encode_record(&record))?;
-            self.add_to_count(wtxn, from, -1)?;
-            self.add_to_count(wtxn, to, 1)?;
             Ok(())
         })
     }
@@ -509,27 +542,49 @@ impl AppDb {
         received_at: u64,
         envelope: ItemId,
     ) -> Result<u64, AppError> {
-        check_text(text)?;
+        let ids = self.record_received_all(&[Incoming {
+            from,
+            text: text.to_owned(),
+            sent_at,
+            received_at,
+            envelope,
+        }])?;
+        ids.into_iter()
+            .next()
+            .ok_or(AppError::UnknownMessage { id: 0 })
+    }
+
+    /// [`AppDb::record_received`] for many messages in one transaction. All or nothing.
+    pub fn record_received_all(&self, incoming: &[Incoming]) -> Result<Vec<u64>, AppError> {
+        for message in incoming {
+            check_text(&message.text)?;
+        }
         self.write(|wtxn| {
-            if let Some(id) = self.by_envelope.get(wtxn, &envelope.0)? {
-                return Ok(decode_id(id)?);
+            let mut ids = Vec::with_capacity(incoming.len());
+            for message in incoming {
+                if let Some(id) = self.by_envelope.get(wtxn, &message.envelope.0)? {
+                    ids.push(decode_id(id)?);
+                    continue;
+                }
+                let id = self.take_id(wtxn)?;
+                let record = MessageRecord {
+                    id,
+                    direction: Direction::Incoming,
+                    peer: message.from,
+                    text: message.text.clone(),
+                    sent_at: Some(message.sent_at),
+                    received_at: Some(message.received_at),
+                    status: Status::Received,
+                    envelope: Some(message.envelope),
+                };
+                self.messages
+                    .put(wtxn, &id.to_be_bytes(), &encode_record(&record))?;
+                self.by_envelope
+                    .put(wtxn, &message.envelope.0, &id.to_be_bytes())?;
+                self.add_to_count(wtxn, Status::Received, 1)?;
+                ids.push(id);
             }
-            let id = self.take_id(wtxn)?;
-            let record = MessageRecord {
-                id,
-                direction: Direction::Incoming,
-                peer: from,
-                text: text.to_owned(),
-                sent_at: Some(sent_at),
-                received_at: Some(received_at),
-                status: Status::Received,
-                envelope: Some(envelope),
-            };
-            self.messages
-                .put(wtxn, &id.to_be_bytes(), &encode_record(&record))?;
-            self.by_envelope.put(wtxn, &envelope.0, &id.to_be_bytes())?;
-            self.add_to_count(wtxn, Status::Received, 1)?;
-            Ok(id)
+            Ok(ids)
         })
     }
 

@@ -167,31 +167,51 @@ pub fn originate<S: Store>(
     envelope: &crate::envelope::Envelope,
     now: Timestamp,
 ) -> Result<ItemId, SyncError> {
-    let item = Item::Envelope(envelope.clone());
-    let encoded = item.encode();
-    let id = item.id();
-    if store.contains(&id)? {
-        return Ok(id);
-    }
-    let meta = ItemMeta {
-        kind: ItemKind::Envelope,
-        priority: item.priority(),
-        scope: item.scope(),
-        expires_at_secs: item.expires_at_secs(),
-        created_at_secs: item.created_at_secs(),
-        stored_at: now,
-        len: encoded.len() as u32,
-        copies: policy::accepted_copies(policy, envelope.copy_budget, Origin::Local),
-        origin: Origin::Local,
-    };
+    let ids = originate_all(store, policy, std::slice::from_ref(envelope), now)?;
+    ids.into_iter()
+        .next()
+        .ok_or(SyncError::Store(StoreError::Full))
+}
+
+/// Stores several local envelopes in one write transaction (one fsync for a batch the user
+/// queued while offline, instead of one each). All or nothing: if the quota cannot take
+/// them all, none is stored.
+pub fn originate_all<S: Store>(
+    store: &mut S,
+    policy: &NodePolicy,
+    envelopes: &[crate::envelope::Envelope],
+    now: Timestamp,
+) -> Result<Vec<ItemId>, SyncError> {
     let mut step = Step::default();
-    if !step.make_room(store, policy, now, meta.len as u64, true)? {
-        return Err(SyncError::Store(StoreError::Full));
+    let mut ids = Vec::with_capacity(envelopes.len());
+    for envelope in envelopes {
+        let item = Item::Envelope(envelope.clone());
+        let encoded = item.encode();
+        let id = item.id();
+        ids.push(id);
+        if step.contains(store, &id)? {
+            continue;
+        }
+        let meta = ItemMeta {
+            kind: ItemKind::Envelope,
+            priority: item.priority(),
+            scope: item.scope(),
+            expires_at_secs: item.expires_at_secs(),
+            created_at_secs: item.created_at_secs(),
+            stored_at: now,
+            len: encoded.len() as u32,
+            copies: policy::accepted_copies(policy, envelope.copy_budget, Origin::Local),
+            origin: Origin::Local,
+        };
+        if !step.make_room(store, policy, now, meta.len as u64, true)? {
+            return Err(SyncError::Store(StoreError::Full));
+        }
+        step.put(StoredItem { id, meta, encoded });
     }
-    step.batch
-        .push(WriteOp::PutItem(StoredItem { id, meta, encoded }));
-    store.commit(step.batch)?;
-    Ok(id)
+    if !step.batch.is_empty() {
+        store.commit(step.batch)?;
+    }
+    Ok(ids)
 }
 
 /// Removes items past their expiry (plus the skew tolerance). One commit; returns how many.
@@ -206,28 +226,54 @@ pub fn acknowledge<S: Store>(
     proof: ReceiptProof,
     now: Timestamp,
 ) -> Result<ItemId, SyncError> {
-    let entry = store.inbox_entry(id)?.ok_or(SyncError::NotInInbox)?;
-    let Item::Envelope(envelope) = Item::decode(&entry.encoded)? else {
-        return Err(SyncError::NotInInbox);
-    };
-    let tombstone = Tombstone::for_envelope(&envelope, proof);
-    if !tombstone.opens(&envelope) {
-        return Err(SyncError::WrongProof);
-    }
-    let item = Item::Tombstone(tombstone);
-    let encoded = item.encode();
-    let tomb_id = item.id();
+    acknowledge_all(store, &[(*id, proof)], now)?
+        .into_iter()
+        .next()
+        .unwrap_or(Err(SyncError::NotInInbox))
+}
+
+/// [`acknowledge`] for many envelopes in one write transaction. Each gets its own result (a
+/// wrong proof refuses that one, not the batch); the outer error is a storage failure, and
+/// then nothing was written.
+#[allow(clippy::type_complexity)]
+pub fn acknowledge_all<S: Store>(
+    store: &mut S,
+    acks: &[(ItemId, ReceiptProof)],
+    now: Timestamp,
+) -> Result<Vec<Result<ItemId, SyncError>>, SyncError> {
     let mut batch = WriteBatch::new();
-    batch.push(WriteOp::AckInbox(*id));
-    if !store.contains(&tomb_id)? {
-        batch.push(WriteOp::PutItem(StoredItem {
-            id: tomb_id,
-            meta: meta_for(&item, now, encoded.len(), 1, Origin::Local),
-            encoded,
-        }));
+    let mut results = Vec::with_capacity(acks.len());
+    for (id, proof) in acks {
+        let Some(entry) = store.inbox_entry(id)? else {
+            results.push(Err(SyncError::NotInInbox));
+            continue;
+        };
+        let Ok(Item::Envelope(envelope)) = Item::decode(&entry.encoded) else {
+            results.push(Err(SyncError::NotInInbox));
+            continue;
+        };
+        let tombstone = Tombstone::for_envelope(&envelope, *proof);
+        if !tombstone.opens(&envelope) {
+            results.push(Err(SyncError::WrongProof));
+            continue;
+        }
+        let item = Item::Tombstone(tombstone);
+        let encoded = item.encode();
+        let tomb_id = item.id();
+        batch.push(WriteOp::AckInbox(*id));
+        if !store.contains(&tomb_id)? {
+            batch.push(WriteOp::PutItem(StoredItem {
+                id: tomb_id,
+                meta: meta_for(&item, now, encoded.len(), 1, Origin::Local),
+                encoded,
+            }));
+        }
+        results.push(Ok(tomb_id));
     }
-    store.commit(batch)?;
-    Ok(tomb_id)
+    if !batch.is_empty() {
+        store.commit(batch)?;
+    }
+    Ok(results)
 }
 
 pub fn expire<S: Store>(

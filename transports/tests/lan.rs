@@ -45,14 +45,19 @@ fn in_private_network(name: &str) -> bool {
         Err(_) => skip(name),
         // The harness exits 0 when the test passed and 101 when it failed.
         Ok(status) => {
-            assert!(status.success(), "{name} failed in its network namespace: {status}");
+            assert!(
+                status.success(),
+                "{name} failed in its network namespace: {status}"
+            );
             false
         }
     }
 }
 
 fn skip(name: &str) -> bool {
-    eprintln!("skipped {name}: mDNS tests need a private network namespace (`unshare -n`, as root)");
+    eprintln!(
+        "skipped {name}: mDNS tests need a private network namespace (`unshare -n`, as root)"
+    );
     false
 }
 

@@ -16,7 +16,7 @@ use cairn_sync::store::{ItemKind, Origin, Store, WriteBatch, WriteOp};
 use cairn_sync::time::Timestamp;
 
 use super::shared::{now_ms, NodeEvent, Shared};
-use crate::app::AppDb;
+use crate::app::{AppDb, Incoming, Status};
 use crate::contact::{Contact, ContactBook};
 use crate::identity::{Identity, IdentityPublicKey};
 use crate::seal::{period_of, SealedHeader};
@@ -44,6 +44,9 @@ pub struct Core {
     pub book: ContactBook,
     book_stamp: Option<std::time::SystemTime>,
     today: u64,
+    /// Queued messages that cannot be sealed yet (no keys with the recipient), warned about
+    /// once and skipped until the contacts change.
+    unsealable: std::collections::HashSet<u64>,
 }
 
 impl std::fmt::Debug for Core {
@@ -125,6 +128,7 @@ impl Core {
             book,
             book_stamp: None,
             today: 0,
+            unsealable: std::collections::HashSet::new(),
         };
         core.book_stamp = core.book_mtime();
         core.new_day(period_of(now_ms() / 1000))?;
@@ -155,6 +159,7 @@ impl Core {
         if stamp != self.book_stamp {
             self.book = ContactBook::open(&self.home, self.identity.public_key())?;
             self.book_stamp = stamp;
+            self.unsealable.clear();
         }
         self.seal_queued(stories)
     }
@@ -196,107 +201,148 @@ impl Core {
 
     /// Seals what `cairn send` queued and puts it in the sync store.
     fn seal_queued(&mut self, stories: &mut Vec<Story>) -> anyhow::Result<()> {
-        let queued = self.app.queued(64)?;
-        if queued.is_empty() {
-            return Ok(());
-        }
-        let now_secs = now_ms() / 1000;
-        let mut sealed_any = false;
-        for message in queued {
-            let Some(contact) = self.book.get(&message.peer).cloned() else {
-                tracing::warn!(
-                    id = message.id,
-                    "queued message for someone not in the contact book"
-                );
-                continue;
-            };
-            let Some(mut keys) = contact.pair_keys() else {
-                tracing::warn!(id = message.id, to = %contact.display_name().as_str(), "no keys shared with this contact yet");
-                continue;
-            };
-            keys.advance(self.today);
-            let header = SealedHeader {
-                created_at_secs: now_secs,
-                lifetime_secs: MESSAGE_LIFETIME_SECS,
-                scope: contact.mailbox_key().tag(keys.today()),
-                priority: if message.text.len() <= SHORT_TEXT {
-                    Priority::High
-                } else {
-                    Priority::Normal
-                },
-                copy_budget: COPY_BUDGET,
-            };
-            let mut plaintext = Vec::with_capacity(2 + message.text.len());
-            plaintext.extend_from_slice(&[PAYLOAD_V1, KIND_TEXT]);
-            plaintext.extend_from_slice(message.text.as_bytes());
-            let sealed = keys.seal(&header, &plaintext)?;
-            let envelope = Envelope {
-                created_at_secs: header.created_at_secs,
-                lifetime_secs: header.lifetime_secs,
-                scope: header.scope,
-                priority: header.priority,
-                copy_budget: header.copy_budget,
-                receipt_lock: sealed.receipt_lock,
-                body: sealed.body,
-            };
-            let bytes = envelope.encode().len();
-            let id = {
+        // Batches of this many share one transaction in each database; the core comes up
+        // for air between batches so links' events are not kept waiting.
+        const BATCH: usize = 512;
+        let started = std::time::Instant::now();
+        loop {
+            let queued = self.app.queued(BATCH + self.unsealable.len())?;
+            let now_secs = now_ms() / 1000;
+            let mut ids = Vec::new();
+            let mut envelopes = Vec::new();
+            let mut labels = Vec::new();
+            for message in queued {
+                if self.unsealable.contains(&message.id) {
+                    continue;
+                }
+                let contact = self.book.get(&message.peer).cloned();
+                let Some((contact, mut keys)) = contact.and_then(|c| c.pair_keys().map(|k| (c, k)))
+                else {
+                    tracing::warn!(
+                        id = message.id,
+                        "a queued message waits: its recipient is not a contact with keys"
+                    );
+                    self.unsealable.insert(message.id);
+                    continue;
+                };
+                keys.advance(self.today);
+                let header = SealedHeader {
+                    created_at_secs: now_secs,
+                    lifetime_secs: MESSAGE_LIFETIME_SECS,
+                    scope: contact.mailbox_key().tag(keys.today()),
+                    priority: if message.text.len() <= SHORT_TEXT {
+                        Priority::High
+                    } else {
+                        Priority::Normal
+                    },
+                    copy_budget: COPY_BUDGET,
+                };
+                let mut plaintext = Vec::with_capacity(2 + message.text.len());
+                plaintext.extend_from_slice(&[PAYLOAD_V1, KIND_TEXT]);
+                plaintext.extend_from_slice(message.text.as_bytes());
+                let sealed = keys.seal(&header, &plaintext)?;
+                ids.push(message.id);
+                labels.push(self.contact_name(&contact.identity()));
+                envelopes.push(Envelope {
+                    created_at_secs: header.created_at_secs,
+                    lifetime_secs: header.lifetime_secs,
+                    scope: header.scope,
+                    priority: header.priority,
+                    copy_budget: header.copy_budget,
+                    receipt_lock: sealed.receipt_lock,
+                    body: sealed.body,
+                });
+            }
+            if envelopes.is_empty() {
+                return Ok(());
+            }
+            let stored = {
                 let mut store = self.shared.lock_store();
                 let policy = self.shared.policy();
-                session::originate(
+                session::originate_all(
                     &mut *store,
                     &policy,
-                    &envelope,
+                    &envelopes,
                     Timestamp::from_millis(now_ms()),
                 )
-                .context("storing a message")?
+                .context("storing messages")?
             };
-            self.app.mark_sealed(message.id, id)?;
-            sealed_any = true;
-            stories.push(Story::Sealed {
-                to: self.contact_name(&contact.identity()),
-                envelope: id,
-                bytes,
-            });
-        }
-        if sealed_any {
+            let pairs: Vec<(u64, ItemId)> =
+                ids.iter().copied().zip(stored.iter().copied()).collect();
+            self.app.mark_sealed_all(&pairs)?;
             self.shared.store_changed();
+            for ((envelope, id), to) in envelopes.iter().zip(stored).zip(labels) {
+                stories.push(Story::Sealed {
+                    to,
+                    envelope: id,
+                    bytes: envelope.encode().len(),
+                });
+            }
+            if envelopes.len() < BATCH || started.elapsed() > std::time::Duration::from_millis(200)
+            {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
-    /// One event from a link.
-    pub fn handle(&mut self, event: NodeEvent, stories: &mut Vec<Story>) -> anyhow::Result<()> {
-        match event {
-            NodeEvent::Sync(SyncEvent::Delivered { id }) => self.open_delivered(id, stories)?,
-            NodeEvent::Sync(SyncEvent::ReceiptForOwn { id }) => {
-                self.app.mark_delivered(&id)?;
-                stories.push(Story::Delivered { envelope: id });
+    /// Events from the links, handled together: the database writes they cause share one
+    /// transaction per kind, so a burst of a thousand deliveries costs a few fsyncs.
+    pub fn handle_all(
+        &mut self,
+        events: Vec<NodeEvent>,
+        stories: &mut Vec<Story>,
+    ) -> anyhow::Result<()> {
+        let mut delivered_to_us = Vec::new();
+        let mut ours_delivered = Vec::new();
+        let mut ours_sent = Vec::new();
+        for event in events {
+            match event {
+                NodeEvent::Sync(SyncEvent::Delivered { id }) => delivered_to_us.push(id),
+                NodeEvent::Sync(SyncEvent::ReceiptForOwn { id }) => ours_delivered.push(id),
+                NodeEvent::Sync(SyncEvent::ItemSent { id, .. }) => ours_sent.push(id),
+                NodeEvent::Sync(SyncEvent::ItemStored {
+                    kind: ItemKind::Tombstone { target },
+                    ..
+                }) => stories.push(Story::ReceiptCarried { envelope: target }),
+                NodeEvent::LinkUp { peer } => stories.push(Story::LinkUp {
+                    peer: self.peer_label(&peer),
+                    key: peer,
+                }),
+                NodeEvent::LinkDown { peer } => stories.push(Story::LinkDown {
+                    peer: self.peer_label(&peer),
+                    key: peer,
+                }),
+                NodeEvent::Sync(_) => {}
             }
-            NodeEvent::Sync(SyncEvent::ItemSent { id, .. }) => {
-                let ours = self
-                    .shared
-                    .lock_store()
-                    .meta(&id)?
-                    .is_some_and(|m| m.origin == Origin::Local && m.kind == ItemKind::Envelope);
-                if ours {
-                    self.app.mark_relayed(&id)?;
-                    stories.push(Story::Relayed { envelope: id });
+        }
+        if !ours_sent.is_empty() {
+            // Only our own envelopes (a carrier sends others' too).
+            let ours: Vec<ItemId> = {
+                let store = self.shared.lock_store();
+                let mut ours = Vec::new();
+                for id in ours_sent {
+                    if store
+                        .meta(&id)?
+                        .is_some_and(|m| m.origin == Origin::Local && m.kind == ItemKind::Envelope)
+                    {
+                        ours.push(id);
+                    }
                 }
-            }
-            NodeEvent::Sync(SyncEvent::ItemStored {
-                kind: ItemKind::Tombstone { target },
-                ..
-            }) => stories.push(Story::ReceiptCarried { envelope: target }),
-            NodeEvent::LinkUp { peer } => stories.push(Story::LinkUp {
-                peer: self.peer_label(&peer),
-                key: peer,
-            }),
-            NodeEvent::LinkDown { peer } => stories.push(Story::LinkDown {
-                peer: self.peer_label(&peer),
-                key: peer,
-            }),
-            NodeEvent::Sync(_) => {}
+                ours
+            };
+            self.app.advance_all(&ours, Status::Relayed)?;
+            stories.extend(ours.into_iter().map(|envelope| Story::Relayed { envelope }));
+        }
+        if !ours_delivered.is_empty() {
+            self.app.advance_all(&ours_delivered, Status::Delivered)?;
+            stories.extend(
+                ours_delivered
+                    .into_iter()
+                    .map(|envelope| Story::Delivered { envelope }),
+            );
+        }
+        if !delivered_to_us.is_empty() {
+            self.open_delivered(&delivered_to_us, stories)?;
         }
         Ok(())
     }
@@ -311,55 +357,78 @@ impl Core {
         }
     }
 
-    /// An envelope for us arrived: find which contact sealed it, record the text, publish
-    /// the receipt. One that opens with nobody's keys is dropped from the inbox (it cannot
+    /// Envelopes for us arrived: find which contact sealed each, record the texts, publish
+    /// the receipts. One that opens with nobody's keys is dropped from the inbox (it cannot
     /// be answered with a receipt: only its sender could).
-    fn open_delivered(&mut self, id: ItemId, stories: &mut Vec<Story>) -> anyhow::Result<()> {
-        let entry = self.shared.lock_store().inbox_entry(&id)?;
-        let Some(entry) = entry else {
-            return Ok(());
-        };
-        let Ok(Item::Envelope(envelope)) = Item::decode(&entry.encoded) else {
-            return self.discard(id, "not an envelope");
-        };
-        let header = SealedHeader {
-            created_at_secs: envelope.created_at_secs,
-            lifetime_secs: envelope.lifetime_secs,
-            scope: envelope.scope,
-            priority: envelope.priority,
-            copy_budget: envelope.copy_budget,
-        };
-        let opened = self.book.list().into_iter().find_map(|contact| {
-            let keys = contact.pair_keys()?;
-            let opened = keys
-                .open(&header, &envelope.receipt_lock, &envelope.body)
-                .ok()?;
-            Some((contact.identity(), opened))
-        });
-        let Some((from, opened)) = opened else {
-            return self.discard(id, "sealed by nobody we know (or altered)");
-        };
-        let text = match opened.plaintext.split_first_chunk::<2>() {
-            Some(([PAYLOAD_V1, KIND_TEXT], text)) => String::from_utf8_lossy(text).into_owned(),
-            _ => return self.discard(id, "a payload this build does not understand"),
-        };
-        self.app
-            .record_received(from, &text, envelope.created_at_secs, now_ms() / 1000, id)?;
-        {
+    fn open_delivered(&mut self, ids: &[ItemId], stories: &mut Vec<Story>) -> anyhow::Result<()> {
+        let contacts: Vec<(IdentityPublicKey, crate::seal::PairKeys)> = self
+            .book
+            .list()
+            .into_iter()
+            .filter_map(|c| c.pair_keys().map(|k| (c.identity(), k)))
+            .collect();
+        let now_secs = now_ms() / 1000;
+        let mut incoming = Vec::new();
+        let mut acks = Vec::new();
+        let mut discards = Vec::new();
+        for &id in ids {
+            let entry = self.shared.lock_store().inbox_entry(&id)?;
+            let Some(entry) = entry else {
+                continue;
+            };
+            let Ok(Item::Envelope(envelope)) = Item::decode(&entry.encoded) else {
+                discards.push((id, "not an envelope"));
+                continue;
+            };
+            let header = SealedHeader {
+                created_at_secs: envelope.created_at_secs,
+                lifetime_secs: envelope.lifetime_secs,
+                scope: envelope.scope,
+                priority: envelope.priority,
+                copy_budget: envelope.copy_budget,
+            };
+            let opened = contacts.iter().find_map(|(identity, keys)| {
+                keys.open(&header, &envelope.receipt_lock, &envelope.body)
+                    .ok()
+                    .map(|opened| (*identity, opened))
+            });
+            let Some((from, opened)) = opened else {
+                discards.push((id, "sealed by nobody we know (or altered)"));
+                continue;
+            };
+            let text = match opened.plaintext.split_first_chunk::<2>() {
+                Some(([PAYLOAD_V1, KIND_TEXT], text)) => String::from_utf8_lossy(text).into_owned(),
+                _ => {
+                    discards.push((id, "a payload this build does not understand"));
+                    continue;
+                }
+            };
+            incoming.push(Incoming {
+                from,
+                text,
+                sent_at: envelope.created_at_secs,
+                received_at: now_secs,
+                envelope: id,
+            });
+            acks.push((id, opened.proof));
+        }
+        // The text is safe in the message database before the receipt tells anyone so.
+        self.app.record_received_all(&incoming)?;
+        if !acks.is_empty() {
             let mut store = self.shared.lock_store();
-            session::acknowledge(
-                &mut *store,
-                &id,
-                opened.proof,
-                Timestamp::from_millis(now_ms()),
-            )?;
+            session::acknowledge_all(&mut *store, &acks, Timestamp::from_millis(now_ms()))?;
+        }
+        for (id, why) in discards {
+            self.discard(id, why)?;
         }
         self.shared.store_changed();
-        stories.push(Story::Received {
-            from: self.contact_name(&from),
-            text,
-            envelope: id,
-        });
+        for message in incoming {
+            stories.push(Story::Received {
+                from: self.contact_name(&message.from),
+                text: message.text,
+                envelope: message.envelope,
+            });
+        }
         Ok(())
     }
 

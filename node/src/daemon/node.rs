@@ -22,6 +22,9 @@ use crate::identity::Identity;
 /// How often the core looks for queued messages, contacts added and a new day.
 const TICK: Duration = Duration::from_millis(100);
 
+/// Most link events the core handles in one batch.
+const EVENT_BATCH: usize = 4096;
+
 /// Most LAN links at once.
 const MAX_LINKS: usize = 64;
 
@@ -256,7 +259,17 @@ async fn core_loop(
     loop {
         let result = tokio::select! {
             event = events.recv() => match event {
-                Some(event) => core.handle(event, &mut told),
+                Some(event) => {
+                    // Take whatever else is waiting too: handled as one batch.
+                    let mut batch = vec![event];
+                    while batch.len() < EVENT_BATCH {
+                        match events.try_recv() {
+                            Ok(more) => batch.push(more),
+                            Err(_) => break,
+                        }
+                    }
+                    core.handle_all(batch, &mut told)
+                }
                 None => break,
             },
             _ = tick.tick() => core.tick(&mut told),
