@@ -25,9 +25,6 @@ use super::shared::{now_ms, LinkId, Shared};
 /// written out: bounds memory when a peer lacks a hundred thousand messages.
 const FRAMES_PER_PUMP: usize = 64;
 
-/// Largest sync frame on a LAN link (the sync engine's maximum).
-const LAN_SYNC_MTU: usize = cairn_sync::wire::MAX_MTU;
-
 /// What one meeting exchanged, for the one log line it gets.
 #[derive(Clone, Debug, Default)]
 pub struct MeetingSummary {
@@ -142,7 +139,9 @@ pub async fn run_link(
         while let Some(event) = hop.poll_event() {
             match event {
                 HopEvent::Established { peer } => {
-                    match start_sync(&shared, link, &peer, outbound) {
+                    // A sync frame must fit in one hop frame (65,519 bytes on a stream).
+                    let mtu = hop.max_plaintext().min(cairn_sync::wire::MAX_MTU);
+                    match start_sync(&shared, link, &peer, outbound, mtu) {
                         Ok(session) => {
                             summary.peer = Some(peer.identity);
                             sync = Some(session);
@@ -212,6 +211,7 @@ fn start_sync(
     link: LinkId,
     peer: &DeviceCredential,
     outbound: bool,
+    mtu: usize,
 ) -> Result<SyncSession, String> {
     if peer.identity == shared.own_identity {
         return Err("connected to ourselves".into());
@@ -224,7 +224,7 @@ fn start_sync(
     } else {
         SyncRole::Responder
     };
-    let config = SessionConfig::new(LAN_SYNC_MTU, shared.policy());
+    let config = SessionConfig::new(mtu, shared.policy());
     SyncSession::new(
         config,
         role,
