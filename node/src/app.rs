@@ -879,9 +879,8 @@ fn decode_peer(bytes: &[u8]) -> Result<IdentityPublicKey, AppError> {
     let bytes: [u8; 32] = bytes.try_into().map_err(|_| AppError::Corrupt {
         reason: "an identity key is not 32 bytes",
     })?;
-    IdentityPublicKey::from_bytes(bytes).map_err(|_| AppError::Corrupt {
-        reason: "an identity key is not a valid key",
-    })
+    // Checked when written (`queue` and `record_received` take an `IdentityPublicKey`).
+    Ok(IdentityPublicKey::from_stored_bytes(bytes))
 }
 
 fn decode_name_entry(bytes: &[u8]) -> Result<(IdentityPublicKey, &str), AppError> {

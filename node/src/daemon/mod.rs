@@ -15,6 +15,7 @@ mod shared;
 
 use std::net::SocketAddr;
 
+pub use self::core::Story;
 pub use node::{NodeHandle, NodeOptions};
 
 /// What `cairn run` was asked to do.

@@ -19,8 +19,10 @@ use super::RunArgs;
 use crate::app::AppDb;
 use crate::identity::Identity;
 
-/// How often the core looks for queued messages, contacts added and a new day.
-const TICK: Duration = Duration::from_millis(100);
+/// How often the core looks for queued messages (`cairn send` runs in another process),
+/// contacts added and a new day. A read transaction that finds nothing costs microseconds;
+/// this tick is most of a lightly loaded message's latency.
+const TICK: Duration = Duration::from_millis(20);
 
 /// Most link events the core handles in one batch.
 const EVENT_BATCH: usize = 4096;
@@ -254,7 +256,9 @@ async fn core_loop(
     stories: Option<mpsc::UnboundedSender<(String, Story)>>,
 ) {
     let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut status = tokio::time::interval(STATUS_EVERY);
+    status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut told = Vec::new();
     loop {
         let result = tokio::select! {

@@ -1,4 +1,5 @@
 //! `cairn-bench` subcommands. Each prints one JSON object on stdout.
 
+pub mod lan;
 pub mod reconcile;
 pub mod store;

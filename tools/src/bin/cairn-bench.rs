@@ -18,6 +18,11 @@ enum Command {
     Reconcile(cairn_tools::bench::reconcile::Args),
     /// Durable ingest rate and reconciliation-index memory of the LMDB store.
     Store(cairn_tools::bench::store::Args),
+    /// Two real nodes on loopback: messages per second, latency, time to first delivery.
+    Lan(cairn_tools::bench::lan::Args),
+    /// The queuer child of `lan` (queues Alice's messages beside her running node).
+    #[command(hide = true)]
+    LanQueue(cairn_tools::bench::lan::QueueArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -25,6 +30,15 @@ fn main() -> anyhow::Result<()> {
     let report = match cli.command {
         Command::Reconcile(args) => cairn_tools::bench::reconcile::run(&args)?,
         Command::Store(args) => cairn_tools::bench::store::run(&args)?,
+        Command::Lan(args) => cairn_tools::bench::lan::run(&args)?,
+        Command::LanQueue(args) => {
+            // One line, read by the parent.
+            println!(
+                "{}",
+                serde_json::to_string(&cairn_tools::bench::lan::queue(&args)?)?
+            );
+            return Ok(());
+        }
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
