@@ -25,6 +25,9 @@ use super::shared::{now_ms, LinkId, Shared};
 /// written out: bounds memory when a peer lacks a hundred thousand messages.
 const FRAMES_PER_PUMP: usize = 64;
 
+/// Why a second link to a peer we are already linked to is closed.
+const ALREADY_LINKED: &str = "already linked to this peer";
+
 /// What one meeting exchanged, for the one log line it gets.
 #[derive(Clone, Debug, Default)]
 pub struct MeetingSummary {
@@ -35,6 +38,8 @@ pub struct MeetingSummary {
     pub bytes_received: u64,
     pub rounds: u64,
     pub ended_by: String,
+    /// Ended because another link to the same peer is the one kept.
+    pub redundant: bool,
 }
 
 /// Why the loop stopped.
@@ -132,6 +137,7 @@ pub async fn run_link(
             .peer
             .is_some_and(|peer| !shared.is_current(&peer, link))
         {
+            summary.redundant = true;
             break Stop::Closed("a newer link to the same peer replaced this one".into());
         }
         // Hop events: the handshake result and sync frames.
@@ -146,7 +152,10 @@ pub async fn run_link(
                             summary.peer = Some(peer.identity);
                             sync = Some(session);
                         }
-                        Err(reason) => failed = Some(reason),
+                        Err(reason) => {
+                            summary.redundant = reason == ALREADY_LINKED;
+                            failed = Some(reason);
+                        }
                     }
                 }
                 HopEvent::Frame(frame) => {
@@ -217,7 +226,7 @@ fn start_sync(
         return Err("connected to ourselves".into());
     }
     if !shared.link_up(peer.identity, link, outbound) {
-        return Err("already linked to this peer".into());
+        return Err(ALREADY_LINKED.into());
     }
     let role = if outbound {
         SyncRole::Initiator

@@ -27,6 +27,9 @@ const TICK: Duration = Duration::from_millis(20);
 /// Most link events the core handles in one batch.
 const EVENT_BATCH: usize = 4096;
 
+/// How long the higher of two nodes that found each other waits for the other to dial.
+const FALLBACK_DIAL: Duration = Duration::from_millis(250);
+
 /// Most LAN links at once.
 const MAX_LINKS: usize = 64;
 
@@ -114,6 +117,7 @@ impl NodeHandle {
             max_links: MAX_LINKS,
             instance,
             backoff: Backoff::default(),
+            fallback_dial: FALLBACK_DIAL,
         };
         let (lan, lan_events) = Lan::start(lan_config)
             .await
@@ -185,7 +189,11 @@ async fn accept_links(
                             let started = std::time::Instant::now();
                             let summary =
                                 run_link(shared, stream, remote, outbound, shutdown).await;
-                            lan.link_closed(remote);
+                            if summary.redundant {
+                                lan.link_redundant(remote);
+                            } else {
+                                lan.link_closed(remote);
+                            }
                             let took = started.elapsed();
                             log_meeting(&name, remote, &summary, took);
                             if let Some(tx) = stories {

@@ -71,6 +71,7 @@ enum Wake {
 pub(crate) struct Driver {
     instance: InstanceId,
     max_links: usize,
+    fallback_dial: Duration,
     listener: TcpListener,
     mdns: Option<Mdns>,
     commands: mpsc::UnboundedReceiver<Command>,
@@ -99,6 +100,7 @@ impl Driver {
         Self {
             instance: config.instance,
             max_links: config.max_links,
+            fallback_dial: config.fallback_dial,
             listener,
             mdns,
             commands,
@@ -125,6 +127,10 @@ impl Driver {
             let keep_going = match wake {
                 Wake::Command(Some(Command::LinkClosed(remote))) => {
                     self.handle_link_closed(remote);
+                    true
+                }
+                Wake::Command(Some(Command::LinkRedundant(remote))) => {
+                    self.handle_link_redundant(remote);
                     true
                 }
                 Wake::Command(None | Some(Command::Shutdown)) => false,
@@ -182,6 +188,15 @@ impl Driver {
             .map(|(target, _)| *target)
             .collect();
         for target in due {
+            if self.already_linked_inbound(target) {
+                // The peer dialed us first (the higher instance's fallback, or the lower's
+                // dial): an inbound link from one of its addresses is up. Matched by IP, since
+                // an inbound link does not say which instance it is; on a network where
+                // several nodes share an address this can skip a dial the daemon would have
+                // found useful, never make a duplicate.
+                self.targets.remove(&target);
+                continue;
+            }
             if self.in_flight() >= self.max_links {
                 // Wait for a slot without a timer: a closing link or a finished dial wakes us.
                 self.targets.insert(target, TargetState::Due);
@@ -234,6 +249,20 @@ impl Driver {
         Err(earliest)
     }
 
+    /// Whether `target` is a discovered node that already dialed us: an inbound link from one
+    /// of its addresses is up.
+    fn already_linked_inbound(&self, target: Target) -> bool {
+        let Target::Instance(instance) = target else {
+            return false;
+        };
+        let Some(addrs) = self.peers.get(&instance) else {
+            return false;
+        };
+        self.links.iter().any(|(remote, link)| {
+            link.target.is_none() && addrs.iter().any(|a| a.ip() == remote.ip())
+        })
+    }
+
     fn next_timer(&self) -> Option<Instant> {
         self.targets
             .values()
@@ -242,6 +271,20 @@ impl Driver {
                 _ => None,
             })
             .min()
+    }
+
+    /// A link the daemon found to duplicate another one to the same node. A discovered node
+    /// stops being dialed (the other link is up); a static peer is redialed as usual.
+    fn handle_link_redundant(&mut self, remote: SocketAddr) {
+        let target = self.links.get(&remote).and_then(|l| l.target);
+        match target {
+            Some(Target::Instance(instance)) => {
+                self.links.remove(&remote);
+                debug!(peer = %instance_name(&instance), %remote, "duplicate link closed; not redialing");
+                self.targets.remove(&Target::Instance(instance));
+            }
+            _ => self.handle_link_closed(remote),
+        }
     }
 
     fn handle_link_closed(&mut self, remote: SocketAddr) {
@@ -320,11 +363,19 @@ impl Driver {
                 let addrs = known.clone();
                 let we_dial = self.instance < instance;
                 info!(peer = %instance_name(&instance), ?addrs, we_dial, "discovered");
-                if we_dial {
-                    self.targets
-                        .entry(Target::Instance(instance))
-                        .or_insert(TargetState::Due);
-                }
+                // The lower instance dials at once. The higher one dials too if nothing came
+                // of that shortly: mDNS often tells one side long before the other, and a
+                // node that only waits would sit a second idle next to its peer. A duplicate
+                // is closed by the daemon, which then tells us not to redial
+                // (`Lan::link_redundant`).
+                let first_dial = if we_dial {
+                    TargetState::Due
+                } else {
+                    TargetState::Waiting(Instant::now() + self.fallback_dial)
+                };
+                self.targets
+                    .entry(Target::Instance(instance))
+                    .or_insert(first_dial);
                 self.emit(LanEvent::Discovered { instance, addrs }).await
             }
             Some(MdnsEvent::Removed { instance }) => {

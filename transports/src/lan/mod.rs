@@ -22,6 +22,7 @@
 //!     max_links: 64,
 //!     instance: [7; 8], // draw this at random each run
 //!     backoff: Backoff::default(),
+//!     fallback_dial: std::time::Duration::from_millis(250),
 //! };
 //! let (lan, mut events) = Lan::start(config).await?;
 //! while let Some(event) = events.recv().await {
@@ -98,6 +99,10 @@ pub struct LanConfig {
     pub instance: InstanceId,
     /// Redial policy per address.
     pub backoff: Backoff,
+    /// Of two nodes that discover each other, the lower instance dials at once; the higher
+    /// one dials after this long if no link from the other came in (mDNS often tells one
+    /// side long before the other). 250 ms is a good default.
+    pub fallback_dial: Duration,
 }
 
 /// Something the daemon should know about.
@@ -164,6 +169,7 @@ pub enum LanError {
 #[derive(Debug)]
 enum Command {
     LinkClosed(SocketAddr),
+    LinkRedundant(SocketAddr),
     Shutdown,
 }
 
@@ -235,6 +241,15 @@ impl Lan {
     pub fn link_closed(&self, remote: SocketAddr) {
         if self.commands.send(Command::LinkClosed(remote)).is_err() {
             warn!(%remote, "link_closed after the LAN transport stopped");
+        }
+    }
+
+    /// The link to `remote` ended because another link to the same node (the same identity,
+    /// proven by the handshake) is the one kept: like [`Lan::link_closed`], but the node it
+    /// was dialed for is not dialed again while it stays discovered, and nothing backs off.
+    pub fn link_redundant(&self, remote: SocketAddr) {
+        if self.commands.send(Command::LinkRedundant(remote)).is_err() {
+            warn!(%remote, "link_redundant after the LAN transport stopped");
         }
     }
 
