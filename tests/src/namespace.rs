@@ -29,20 +29,72 @@ const RERUN_LIMIT: Duration = Duration::from_secs(120);
 /// The re-run test gets its own process group, so that if it ever outlives
 /// [`RERUN_LIMIT`] it is killed together with every daemon it started.
 pub fn in_private_network(name: &str) -> bool {
+    rerun_isolated(name, Isolation::Network)
+}
+
+/// [`in_private_network`], and a private mount namespace too (`unshare -n -m`, with every
+/// mount made private first): the test may mount (a small tmpfs, say) where nothing outside
+/// sees it, and whatever it mounts vanishes with the namespace when the test ends, however
+/// it ends.
+pub fn in_private_network_and_mounts(name: &str) -> bool {
+    rerun_isolated(name, Isolation::NetworkAndMounts)
+}
+
+/// What a re-run test gets a private copy of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isolation {
+    Network,
+    NetworkAndMounts,
+}
+
+impl Isolation {
+    /// `unshare`'s flags.
+    fn flags(self) -> &'static [&'static str] {
+        match self {
+            Isolation::Network => &["-n"],
+            Isolation::NetworkAndMounts => &["-n", "-m"],
+        }
+    }
+
+    /// Shell run inside before the test: loopback up (and mounts made private).
+    fn setup(self) -> &'static str {
+        match self {
+            Isolation::Network => "ip link set lo up && exec \"$0\" \"$@\" 2>&1",
+            Isolation::NetworkAndMounts => {
+                "mount --make-rprivate / && ip link set lo up && exec \"$0\" \"$@\" 2>&1"
+            }
+        }
+    }
+
+    /// Why the test is skipped where `unshare` fails.
+    fn skip_reason(self) -> &'static str {
+        match self {
+            Isolation::Network => {
+                "it runs `cairn run`, whose mDNS must stay out of this machine's network; \
+                 that needs a private network namespace (`unshare -n`, as root)"
+            }
+            Isolation::NetworkAndMounts => {
+                "it runs `cairn run`, whose mDNS must stay out of this machine's network, and \
+                 mounts a file system; that needs private network and mount namespaces \
+                 (`unshare -n -m`, as root)"
+            }
+        }
+    }
+}
+
+fn rerun_isolated(name: &str, isolation: Isolation) -> bool {
     if std::env::var_os(INSIDE_VAR).is_some() {
         return true;
     }
     // Can we make one at all? (Exit 1 from unshare: not root, or no namespaces.)
     let probe = Command::new("unshare")
-        .args(["-n", "true"])
+        .args(isolation.flags())
+        .arg("true")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
     if !probe.is_ok_and(|s| s.success()) {
-        eprintln!(
-            "skipped {name}: it runs `cairn run`, whose mDNS must stay out of this machine's \
-             network; that needs a private network namespace (`unshare -n`, as root)"
-        );
+        eprintln!("skipped {name}: {}", isolation.skip_reason());
         return false;
     }
     let bin = cairn_bin().to_path_buf();
@@ -50,12 +102,8 @@ pub fn in_private_network(name: &str) -> bool {
     let mut child = {
         use std::os::unix::process::CommandExt;
         Command::new("unshare")
-            .args([
-                "-n",
-                "sh",
-                "-c",
-                "ip link set lo up && exec \"$0\" \"$@\" 2>&1",
-            ])
+            .args(isolation.flags())
+            .args(["sh", "-c", isolation.setup()])
             .arg(&exe)
             // `--include-ignored`: the outer run already chose to run this test, ignored or not.
             .args([
