@@ -108,6 +108,8 @@ pub enum SyncEvent {
     ItemRefused { id: ItemId, reason: RefusedBecause },
     /// The last chunk of an item left for the peer.
     ItemSent { id: ItemId, bytes: usize },
+    /// The peer confirmed it stored an item we gave copies of (a carrier now holds it).
+    PeerStored { id: ItemId },
     /// The peer took custody of an item we handed over; our copy is gone.
     HandedOver { id: ItemId },
     /// Both sides are done with a reconciliation round.
@@ -459,6 +461,23 @@ struct Outgoing {
     encoded: Option<Vec<u8>>,
 }
 
+impl Outgoing {
+    /// Whether the peer must confirm it stored the item before our copies change: when we
+    /// give it copies out of our budget, or hand it our copy.
+    fn needs_confirmation(&self) -> bool {
+        self.release || self.keep != self.held
+    }
+}
+
+/// What a confirmation from the peer ([`Message::Custody`]) settles.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    /// Copies that leave our budget.
+    grant: u8,
+    /// We handed over our copy: drop it.
+    release: bool,
+}
+
 /// Send order: tombstones, then envelopes for the peer itself, then envelopes it carries on;
 /// within each, by priority, then oldest first; the id breaks ties deterministically.
 type SendKey = (u8, u64, ItemId);
@@ -528,7 +547,13 @@ pub struct SyncSession {
     /// What the current round's transfers were planned with.
     sociability: Sociability,
     /// Items we sent with custody; the peer's [`Message::Custody`] lets us drop them.
-    awaiting_custody: HashSet<ItemId>,
+    awaiting_custody: HashMap<ItemId, Pending>,
+    /// Confirmations still owed from an earlier session with this peer (a link that broke
+    /// after the peer stored an item but before its confirmation arrived): the next
+    /// reconciliation shows whether the peer holds the item.
+    owed_from_before: HashSet<ItemId>,
+    /// `awaiting_custody` changed since it was last saved in the peer's state.
+    pending_dirty: bool,
     /// Items sent whole to this peer in this session. One the peer still lacks in a later
     /// round was refused (no room, expired for it): offering it again every round would
     /// spend the link on refusals.
@@ -568,7 +593,9 @@ impl SyncSession {
             peer: None,
             peer_activity: 0,
             sociability: Sociability::default(),
-            awaiting_custody: HashSet::new(),
+            awaiting_custody: HashMap::new(),
+            owed_from_before: HashSet::new(),
+            pending_dirty: false,
             sent: HashSet::new(),
             forged_receipts: HashSet::new(),
             round: None,
@@ -719,6 +746,7 @@ impl SyncSession {
         for message in messages {
             self.handle_message(now, message, store, &mut step)?;
         }
+        self.save_pending(&mut step);
         if !step.batch.is_empty() {
             store.commit(step.batch)?;
         }
@@ -781,16 +809,17 @@ impl SyncSession {
                 Ok(())
             }
             Message::Custody { id } => {
-                if !self.awaiting_custody.remove(&id) {
+                let Some(pending) = self.awaiting_custody.remove(&id) else {
+                    return Err(SyncError::Protocol("custody of an item not handed over"));
+                };
+                self.pending_dirty = true;
+                if self.owed_from_before.remove(&id) {
+                    // A confirmation from an earlier session cannot come on this link.
                     return Err(SyncError::Protocol("custody of an item not handed over"));
                 }
-                // Ours unless something changed it since (a receipt purged it, or another
-                // session made it ours to spray again).
-                if store.meta(&id)?.is_some_and(|m| m.copies <= 1) {
-                    step.remove(store, id)?;
-                    step.events.push(SyncEvent::HandedOver { id });
-                }
-                Ok(())
+                // Only now, with the item safe at the peer, do the copies we gave it leave
+                // our budget: a link that fails between send and store costs nothing.
+                self.confirm(store, step, id, pending)
             }
         }
     }
@@ -817,6 +846,12 @@ impl SyncSession {
         }
         if hello.version != PROTOCOL_VERSION {
             return Err(SyncError::Version(hello.version));
+        }
+        if let Some(state) = store.peer_state(&self.peer_key)? {
+            for (id, pending) in decode_pending(&state) {
+                self.owed_from_before.insert(id);
+                self.awaiting_custody.insert(id, pending);
+            }
         }
         let mut scopes = hello.scopes.into_inner();
         step.batch.push(WriteOp::RecordEncounter(Encounter {
@@ -1249,7 +1284,9 @@ impl SyncSession {
 
     /// Reconciliation is over: queue what the peer lacks and our policy lets it have, and
     /// offer to resume transfers a cut meeting left half done.
-    fn plan_transfers<S: Store>(&mut self, now: Timestamp, store: &S) -> Result<(), SyncError> {
+    fn plan_transfers<S: Store>(&mut self, now: Timestamp, store: &mut S) -> Result<(), SyncError> {
+        self.settle_owed(store)?;
+        let store: &S = store;
         let Some(round) = self.round.as_mut() else {
             return Ok(());
         };
@@ -1276,7 +1313,7 @@ impl SyncSession {
             let Some(meta) = store.meta(&id)? else {
                 continue;
             };
-            let Some(mut handover) =
+            let Some(handover) =
                 policy::handover(&meta, &peer, &self.config.policy.routing, sociability)
             else {
                 continue;
@@ -1285,8 +1322,9 @@ impl SyncSession {
                 // Hand it over next time rather than track more at once.
                 continue;
             }
-            if handover.release && self.awaiting_custody.contains(&id) {
-                handover.release = false;
+            if self.awaiting_custody.contains_key(&id) {
+                // Sent in this session and not yet confirmed: the peer will have it.
+                continue;
             }
             if meta.kind == ItemKind::Envelope && !local_lacks.is_empty() {
                 // The peer may hold this envelope's receipt (we lack it, so it is among the
@@ -1347,6 +1385,76 @@ impl SyncSession {
             }
         }
         Ok(())
+    }
+
+    /// Confirmations owed from an earlier session: an item the peer holds now (it is not
+    /// among what it lacks) was stored, so its copies leave our budget; one it lacks was not,
+    /// and will be sent again. Only when both sides reconciled everything (both carry for
+    /// others): under a scope filter, "not lacking" proves nothing. One commit, after which
+    /// the events go out.
+    fn settle_owed<S: Store>(&mut self, store: &mut S) -> Result<(), SyncError> {
+        if self.owed_from_before.is_empty() || self.filter() != ReconFilter::All {
+            return Ok(());
+        }
+        let Some(outcome) = self.round.as_ref().and_then(|r| r.recon.outcome()) else {
+            return Ok(());
+        };
+        let lacks: HashSet<ReconKey> = outcome.remote_lacks.iter().copied().collect();
+        let mut step = Step::default();
+        for id in std::mem::take(&mut self.owed_from_before) {
+            let Some(pending) = self.awaiting_custody.remove(&id) else {
+                continue;
+            };
+            self.pending_dirty = true;
+            if lacks.contains(&recon_key(&id)) {
+                continue;
+            }
+            self.confirm(store, &mut step, id, pending)?;
+        }
+        self.save_pending(&mut step);
+        if !step.batch.is_empty() {
+            store.commit(step.batch)?;
+        }
+        self.events.extend(step.events);
+        Ok(())
+    }
+
+    /// The peer stored `id`: the copies we gave it leave our budget, or our copy goes.
+    fn confirm<S: Store>(
+        &mut self,
+        store: &S,
+        step: &mut Step,
+        id: ItemId,
+        pending: Pending,
+    ) -> Result<(), SyncError> {
+        if let Some(meta) = store.meta(&id)? {
+            if pending.release {
+                // Ours unless something changed it since (another session made it ours to
+                // spray again).
+                if meta.copies <= 1 {
+                    step.remove(store, id)?;
+                    step.events.push(SyncEvent::HandedOver { id });
+                }
+            } else {
+                let left = meta.copies.saturating_sub(pending.grant);
+                step.batch.push(WriteOp::SetCopies(id, left));
+            }
+        }
+        step.events.push(SyncEvent::PeerStored { id });
+        Ok(())
+    }
+
+    /// Saves what the peer still owes us confirmations for in its state, so a broken link
+    /// does not forget them.
+    fn save_pending(&mut self, step: &mut Step) {
+        if !self.pending_dirty || self.peer_key.is_empty() {
+            return;
+        }
+        self.pending_dirty = false;
+        step.batch.push(WriteOp::PutPeerState {
+            peer: self.peer_key.clone(),
+            state: encode_pending(&self.awaiting_custody),
+        });
     }
 
     fn maybe_finish_round<S: Store>(&mut self, store: &mut S) -> Result<(), SyncError> {
@@ -1440,6 +1548,7 @@ impl SyncSession {
         if self.control.is_empty() {
             self.fill_chunks(store, &mut frame, &mut step)?;
         }
+        self.save_pending(&mut step);
         if !step.batch.is_empty() {
             store.commit(step.batch)?;
         }
@@ -1485,7 +1594,7 @@ impl SyncSession {
                         Some(h) => {
                             out.grant = h.grant;
                             out.keep = h.keep;
-                            out.release = h.release && !self.awaiting_custody.contains(&out.id);
+                            out.release = h.release;
                             out.held = item.meta.copies;
                         }
                         None => {
@@ -1505,7 +1614,9 @@ impl SyncSession {
             let mut chunk = Chunk {
                 short: out.short.0.to_le_bytes(),
                 copies: out.grant,
-                custody: out.release,
+                // Ask for confirmation whenever copies change hands: the budget moves only
+                // once the peer has stored the item.
+                custody: out.needs_confirmation(),
                 total_len: total as u32,
                 offset: offset as u32,
                 id: None,
@@ -1526,18 +1637,21 @@ impl SyncSession {
             let take = (room - header).min(total - offset);
             chunk.data = BoundedBytes::new(encoded[offset..offset + take].to_vec())
                 .map_err(SyncError::Codec)?;
-            if !out.started {
-                out.started = true;
-                if out.keep != out.held {
-                    step.batch.push(WriteOp::SetCopies(out.id, out.keep));
-                }
-            }
+            out.started = true;
             wire::encode_into(&Message::Chunk(chunk), frame);
             out.offset = (offset + take) as u32;
             if out.offset as usize >= total {
                 let id = out.id;
-                if out.release {
-                    self.awaiting_custody.insert(id);
+                if out.needs_confirmation() {
+                    self.pending_dirty = true;
+                    self.owed_from_before.remove(&id);
+                    self.awaiting_custody.insert(
+                        id,
+                        Pending {
+                            grant: out.held.saturating_sub(out.keep),
+                            release: out.release,
+                        },
+                    );
                 }
                 if self.sent.len() < MAX_REMEMBERED_SENDS {
                     self.sent.insert(recon_key(&id));
@@ -1552,6 +1666,45 @@ impl SyncSession {
             }
         }
     }
+}
+
+/// Pending confirmations as saved in the peer's state: version 1, then per item its id, the
+/// copies it carried away and whether custody moved.
+fn encode_pending(pending: &HashMap<ItemId, Pending>) -> Vec<u8> {
+    let mut ids: Vec<(&ItemId, &Pending)> = pending.iter().collect();
+    ids.sort_by_key(|(id, _)| **id);
+    let mut out = Vec::with_capacity(1 + ids.len() * 34);
+    out.push(1);
+    for (id, p) in ids {
+        out.extend_from_slice(&id.0);
+        out.push(p.grant);
+        out.push(u8::from(p.release));
+    }
+    out
+}
+
+/// The inverse of [`encode_pending`]; anything malformed (another version, a torn value)
+/// reads as nothing owed, which only means a status stays "queued" a little longer.
+fn decode_pending(bytes: &[u8]) -> Vec<(ItemId, Pending)> {
+    let Some((&1, rest)) = bytes.split_first() else {
+        return Vec::new();
+    };
+    if rest.len() % 34 != 0 || rest.len() / 34 > MAX_AWAITING_CUSTODY {
+        return Vec::new();
+    }
+    rest.chunks_exact(34)
+        .map(|c| {
+            let mut id = [0u8; 32];
+            id.copy_from_slice(&c[..32]);
+            (
+                ItemId(id),
+                Pending {
+                    grant: c[32],
+                    release: c[33] != 0,
+                },
+            )
+        })
+        .collect()
 }
 
 fn single_message_frame(message: &Message) -> Vec<u8> {

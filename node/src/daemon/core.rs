@@ -299,7 +299,9 @@ impl Core {
             match event {
                 NodeEvent::Sync(SyncEvent::Delivered { id }) => delivered_to_us.push(id),
                 NodeEvent::Sync(SyncEvent::ReceiptForOwn { id }) => ours_delivered.push(id),
-                NodeEvent::Sync(SyncEvent::ItemSent { id, .. }) => ours_sent.push(id),
+                // A carrier confirmed it stored one of our envelopes (or a copy of someone
+                // else's we carry: filtered below).
+                NodeEvent::Sync(SyncEvent::PeerStored { id }) => ours_sent.push(id),
                 NodeEvent::Sync(SyncEvent::ItemStored {
                     kind: ItemKind::Tombstone { target },
                     ..

@@ -234,6 +234,17 @@ async fn accept_links(
 
 /// One line per meeting: who, over what, what moved, and why it ended.
 fn log_meeting(name: &str, remote: SocketAddr, s: &MeetingSummary, took: Duration) {
+    if s.ended_by.contains("storage failed") {
+        // Worth more than an info line: the disk is full or failing. Nothing committed is
+        // lost and the peer keeps what we could not take; the link is retried.
+        tracing::error!(
+            node = name,
+            %remote,
+            "could not store what a peer sent (is the disk full?): {}; nothing stored is \
+             lost, and the peer keeps what we could not take",
+            s.ended_by
+        );
+    }
     let peer = s
         .peer
         .map(|p| hex_prefix(&p))
