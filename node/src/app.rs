@@ -68,7 +68,10 @@ const KEY_NEXT_ID: &[u8] = b"next_id";
 
 /// The map starts small (LMDB files are sparse, but the map is reserved address space) and
 /// doubles when full, up to [`MAX_MAP_BYTES`].
-const INITIAL_MAP_BYTES: usize = 8 * 1024 * 1024;
+// A map is address space, not disk: the file grows only as pages are written. Starting at
+// 1 GiB means two processes sharing the database (the CLI and the daemon) practically never
+// meet a resize by the other (MDB_MAP_RESIZED), which LMDB makes awkward to adopt.
+const INITIAL_MAP_BYTES: usize = 1 << 30;
 /// 16 GiB on 64-bit targets (millions of maximum-length messages), 1 GiB elsewhere.
 const MAX_MAP_BYTES: u64 = 16 << 30;
 /// LMDB's map size must be a multiple of the OS page size; 64 KiB covers every platform.
@@ -331,6 +334,11 @@ impl AppDb {
         // LMDB's back. Only LMDB writes them, and it arbitrates between processes with its
         // lock file; heed refuses a second open of the same environment in this process.
         let env = unsafe { options.open(&path) }.map_err(AppError::Lmdb)?;
+        // Another process (the daemon) may have grown the map past our initial size: adopt
+        // the size recorded in the environment before the first transaction, which would
+        // otherwise fail with MDB_MAP_RESIZED.
+        // SAFETY: no transaction of this environment exists yet in this process.
+        unsafe { env.resize(0) }.map_err(AppError::Lmdb)?;
         // Reader slots of a process killed mid-read would pin old pages forever.
         env.clear_stale_readers().map_err(AppError::Lmdb)?;
         let wtxn = env.write_txn().map_err(AppError::Lmdb)?;

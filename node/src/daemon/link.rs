@@ -83,10 +83,13 @@ pub async fn run_link(
     let mut sync: Option<SyncSession> = None;
     let mut buf = vec![0u8; 64 * 1024];
     let stop = 'main: loop {
-        // Everything the state machines want to say goes out before we wait again.
+        // Everything the state machines want to say goes out before we wait again, a
+        // bounded batch at a time.
+        let mut more = false;
         if let Some(s) = sync.as_mut() {
-            if let Err(reason) = pump_sync(&shared, s, &mut hop, &mut summary) {
-                break Stop::Closed(reason);
+            match pump_sync(&shared, s, &mut hop, &mut summary) {
+                Ok(full_batch) => more = full_batch,
+                Err(reason) => break Stop::Closed(reason),
             }
         }
         while let Some(bytes) = hop.poll_transmit() {
@@ -100,6 +103,10 @@ pub async fn run_link(
         }
         let deadline = next_deadline(&hop, sync.as_ref());
         tokio::select! {
+            // Input first, so a peer's messages are read between our batches; then, if the
+            // sync session has more to send, straight back to sending (nothing else would
+            // wake us: a long transfer stalled after its first batch without this).
+            biased;
             read = reader.read(&mut buf) => match read {
                 Ok(0) => break Stop::Closed("peer closed the connection".into()),
                 Ok(n) => {
@@ -122,6 +129,7 @@ pub async fn run_link(
                     }
                 }
             }
+            _ = std::future::ready(()), if more => {}
             _ = shutdown.changed() => {
                 if let Some(s) = sync.as_mut() {
                     s.close(cairn_sync::wire::CloseReason::Shutdown);
@@ -244,14 +252,16 @@ fn start_sync(
     .map_err(|e| format!("sync session: {e}"))
 }
 
-/// Moves sync frames into the hop session, a bounded batch at a time.
+/// Moves sync frames into the hop session, a bounded batch at a time. Returns whether the
+/// batch was full (the session may have more to send right away).
 fn pump_sync(
     shared: &Shared,
     sync: &mut SyncSession,
     hop: &mut HopSession,
     summary: &mut MeetingSummary,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let now = Timestamp::from_millis(now_ms());
+    let mut full = true;
     for _ in 0..FRAMES_PER_PUMP {
         let frame = {
             let mut store = shared.lock_store();
@@ -259,12 +269,15 @@ fn pump_sync(
         };
         match frame {
             Ok(Some(frame)) => hop.send(&frame).map_err(|e| format!("hop: {e}"))?,
-            Ok(None) => break,
+            Ok(None) => {
+                full = false;
+                break;
+            }
             Err(error) => return Err(format!("sync: {error}")),
         }
     }
     forward_events(shared, sync, summary);
-    Ok(())
+    Ok(full)
 }
 
 fn handle_frame(
