@@ -9,20 +9,16 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rand_core_06::OsRng;
 use tokio::sync::mpsc;
 
 use super::core::Story;
 use super::node::{NodeHandle, NodeOptions};
+use super::testbed::{create_home, pair_in_person, PairingSide};
 use crate::app::AppDb;
-use crate::contact::{ContactBook, DisplayName, Pairing};
-use crate::home::{Config, Home};
-use crate::identity::{Identity, Protection};
-use crate::seal::{period_of, PairKeys};
 use cairn_transports::lan::Interfaces;
 
 const TEXT: &str = "Water at the east spring is safe. Meet at the north cairn at dusk.";
@@ -76,14 +72,25 @@ async fn run_demo() -> anyhow::Result<()> {
     let mut identities = HashMap::new();
     for name in ["Alice", "Carol", "Bob"] {
         let home = dir.path().join(name.to_lowercase());
-        let identity = create_home(&home, name)?;
+        let identity = create_home(&home, name, "cairn demo team")?;
         cast.names_by_key
             .insert(*identity.public_key().as_bytes(), name);
         cast.homes.insert(name, home);
         identities.insert(name, identity);
     }
     cast.say("Alice, Carol and Bob each have an identity (Ed25519) and a device key (X25519).");
-    pair_in_person(&cast, &identities["Alice"], &identities["Bob"])?;
+    pair_in_person(
+        PairingSide {
+            home: &cast.homes["Alice"],
+            identity: &identities["Alice"],
+            calls_peer: "Bob",
+        },
+        PairingSide {
+            home: &cast.homes["Bob"],
+            identity: &identities["Bob"],
+            calls_peer: "Alice",
+        },
+    )?;
     cast.say("Alice and Bob paired in person: each scanned the other's code, and the phones checked commitments and confirmations.");
     cast.say("Carol is on the same team (same network key) but knows neither of them.");
 
@@ -157,52 +164,6 @@ async fn run_demo() -> anyhow::Result<()> {
     ));
     if sent.first().map(|m| m.status.as_str()) != Some("delivered") || got.len() != 1 {
         bail!("the message did not make the round trip");
-    }
-    Ok(())
-}
-
-fn create_home(home: &Path, name: &str) -> anyhow::Result<Identity> {
-    let h = Home::at(home);
-    h.save_config(&Config {
-        display_name: name.to_owned(),
-        network_key: Config::network_key_for(Some("cairn demo team")),
-    })?;
-    let identity = Identity::generate(&mut OsRng);
-    identity.save_new(home, &Protection::None, &mut OsRng)?;
-    Ok(identity)
-}
-
-/// Both phones scan each other's code and confirm: the real pairing state machines, with
-/// the messages handed across in memory as a nearby link would carry them.
-fn pair_in_person(cast: &Cast, alice: &Identity, bob: &Identity) -> anyhow::Result<()> {
-    let mut at_alice = Pairing::start(alice, DisplayName::new("Alice")?, vec![], &mut OsRng)?;
-    let mut at_bob = Pairing::start(bob, DisplayName::new("Bob")?, vec![], &mut OsRng)?;
-    let (code_a, code_b) = (at_alice.code().clone(), at_bob.code().clone());
-    at_alice.handle_scanned_code(code_b)?;
-    at_bob.handle_scanned_code(code_a)?;
-    for _ in 0..4 {
-        while let Some(m) = at_alice.poll_transmit() {
-            at_bob.handle_message(&m)?;
-        }
-        while let Some(m) = at_bob.poll_transmit() {
-            at_alice.handle_message(&m)?;
-        }
-    }
-    let today = period_of(super::shared::now_ms() / 1000);
-    for (me, pairing, name) in [(alice, &mut at_alice, "Bob"), (bob, &mut at_bob, "Alice")] {
-        let paired = pairing.take_paired().context("pairing did not complete")?;
-        let home = &cast.homes[if name == "Bob" { "Alice" } else { "Bob" }];
-        let peer = paired.contact.identity();
-        let keys = PairKeys::new(
-            paired.root_secret.expose(),
-            me.public_key().as_bytes(),
-            peer.as_bytes(),
-            today,
-        );
-        let mut book = ContactBook::open(home, me.public_key())?;
-        let _added = book.add(paired.contact)?;
-        book.set_pair_keys(&peer, &keys)?;
-        AppDb::open(home)?.set_contact_name(peer, name)?;
     }
     Ok(())
 }

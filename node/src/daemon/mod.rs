@@ -12,6 +12,7 @@ mod demo;
 mod link;
 mod node;
 mod shared;
+pub mod testbed;
 
 use std::net::SocketAddr;
 

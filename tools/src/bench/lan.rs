@@ -35,13 +35,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use cairn_node::app::AppDb;
-use cairn_node::contact::{ContactBook, DisplayName, Pairing};
+use cairn_node::daemon::testbed::{create_home, pair_in_person, PairingSide};
 use cairn_node::daemon::{NodeHandle, NodeOptions};
-use cairn_node::home::{Config, Home};
-use cairn_node::identity::{Identity, IdentityPublicKey, Protection};
-use cairn_node::seal::{period_of, PairKeys};
+use cairn_node::identity::{Identity, IdentityPublicKey};
 use cairn_transports::lan::Interfaces;
-use rand_core_06::OsRng;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
@@ -211,53 +208,6 @@ impl<S: std::fmt::Debug> Ears<S> {
     }
 }
 
-fn create_home(home: &Path, name: &str) -> anyhow::Result<Identity> {
-    Home::at(home).save_config(&Config {
-        display_name: name.to_owned(),
-        network_key: Config::network_key_for(Some("cairn bench team")),
-    })?;
-    let identity = Identity::generate(&mut OsRng);
-    identity.save_new(home, &Protection::None, &mut OsRng)?;
-    Ok(identity)
-}
-
-/// The real pairing state machines, messages handed across in memory (as `cairn demo`).
-fn pair_in_person(pair: &Pair) -> anyhow::Result<()> {
-    let (alice, bob) = (&pair.alice, &pair.bob);
-    let mut at_alice = Pairing::start(alice, DisplayName::new(ALICE)?, vec![], &mut OsRng)?;
-    let mut at_bob = Pairing::start(bob, DisplayName::new(BOB)?, vec![], &mut OsRng)?;
-    let (code_a, code_b) = (at_alice.code().clone(), at_bob.code().clone());
-    at_alice.handle_scanned_code(code_b)?;
-    at_bob.handle_scanned_code(code_a)?;
-    for _ in 0..4 {
-        while let Some(m) = at_alice.poll_transmit() {
-            at_bob.handle_message(&m)?;
-        }
-        while let Some(m) = at_bob.poll_transmit() {
-            at_alice.handle_message(&m)?;
-        }
-    }
-    let today = period_of(now_ms() / 1000);
-    for (me, pairing, home, peer_name) in [
-        (alice, &mut at_alice, &pair.alice_home, BOB),
-        (bob, &mut at_bob, &pair.bob_home, ALICE),
-    ] {
-        let paired = pairing.take_paired().context("pairing did not complete")?;
-        let peer = paired.contact.identity();
-        let keys = PairKeys::new(
-            paired.root_secret.expose(),
-            me.public_key().as_bytes(),
-            peer.as_bytes(),
-            today,
-        );
-        let mut book = ContactBook::open(home, me.public_key())?;
-        let _added = book.add(paired.contact)?;
-        book.set_pair_keys(&peer, &keys)?;
-        AppDb::open(home)?.set_contact_name(peer, peer_name)?;
-    }
-    Ok(())
-}
-
 /// Two paired homes.
 struct Pair {
     alice_home: PathBuf,
@@ -271,12 +221,23 @@ impl Pair {
         let alice_home = dir.join("alice");
         let bob_home = dir.join("bob");
         let pair = Pair {
-            alice: create_home(&alice_home, ALICE)?,
-            bob: create_home(&bob_home, BOB)?,
+            alice: create_home(&alice_home, ALICE, "cairn bench team")?,
+            bob: create_home(&bob_home, BOB, "cairn bench team")?,
             alice_home,
             bob_home,
         };
-        pair_in_person(&pair)?;
+        pair_in_person(
+            PairingSide {
+                home: &pair.alice_home,
+                identity: &pair.alice,
+                calls_peer: BOB,
+            },
+            PairingSide {
+                home: &pair.bob_home,
+                identity: &pair.bob,
+                calls_peer: ALICE,
+            },
+        )?;
         Ok(pair)
     }
 
@@ -852,7 +813,7 @@ mod tests {
 
     #[test]
     fn hex_keys_round_trip() {
-        let identity = Identity::generate(&mut OsRng);
+        let identity = Identity::generate(&mut rand_core_06::OsRng);
         let key = identity.public_key();
         assert_eq!(parse_key(&hex(key.as_bytes())).unwrap(), key);
         assert!(parse_key("00").is_err());
