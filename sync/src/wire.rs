@@ -79,8 +79,9 @@ pub struct Chunk {
     pub short: [u8; 8],
     /// Copies the receiver gets (spray-and-wait budget).
     pub copies: u8,
-    /// The sender hands over its own copy: once the receiver has stored the item it answers
-    /// [`Message::Custody`], and only then does the sender delete its copy.
+    /// Copies change hands (a share of the spray budget, or the sender's own copy): once the
+    /// receiver has stored the item it answers [`Message::Custody`], and only then does the
+    /// sender's budget shrink (or its copy go).
     pub custody: bool,
     pub total_len: u32,
     pub offset: u32,
@@ -106,7 +107,7 @@ pub enum Message {
     /// Responder to initiator: "my store changed; open a round when this one is over."
     Resync,
     Close(CloseReason),
-    /// "This item, sent with `custody`, is stored here (or was delivered here): drop yours."
+    /// "This item, sent with `custody`, is stored here (or was delivered here)"
     Custody {
         id: ItemId,
     },
