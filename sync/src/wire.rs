@@ -9,8 +9,9 @@
 //! `Open` starts a later round; `Recon` carries the reconciliation itself ([`crate::recon`]);
 //! `Chunk` carries item bytes; `Resume` asks the sender to skip what we already hold from a
 //! cut transfer; `Done` ends a side's sending for the round; `Resync` asks the initiator for
-//! a new round; `Close` says why a side gives up; `Custody` tells a sender that handed over
-//! its copy of an item that the item is safely stored, so it may drop its own.
+//! a new round; `Close` says why a side gives up; `Custody` tells a sender that gave us
+//! copies of an item that the item is safely stored, so its budget may shrink (or its own
+//! copy go).
 
 use bincode::{Decode, Encode};
 
@@ -107,7 +108,7 @@ pub enum Message {
     /// Responder to initiator: "my store changed; open a round when this one is over."
     Resync,
     Close(CloseReason),
-    /// "This item, sent with `custody`, is stored here (or was delivered here)"
+    /// "This item, sent with `custody`, is stored here (or was delivered here)."
     Custody {
         id: ItemId,
     },
