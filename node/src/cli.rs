@@ -71,6 +71,14 @@ pub enum Command {
     /// Add and list contacts
     #[command(subcommand)]
     Contacts(ContactsCommand),
+    /// Pair with someone in person: a contact verified in person, with forward secrecy
+    #[command(long_about = "Pair with someone in person.\n\n\
+        Prints your pairing code (first line of output), then reads theirs from standard \
+        input: each of you types (or scans) the other's code. The two devices then talk over \
+        the LAN (yours listens on --listen; the one whose code sorts first dials the other) \
+        and check that the keys they exchange match the codes, so a tampered code is \
+        detected. The contact is stored as verified in person, under NAME.")]
+    Pair(PairArgs),
     /// Queue a message to a contact; prints its id
     #[command(
         long_about = "Queue a message to a contact; prints the message id.\n\n\
@@ -129,6 +137,16 @@ pub enum ContactsCommand {
     Add(AddArgs),
     /// List contacts: name, verification state, fingerprint
     List(ListArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PairArgs {
+    /// The name you will use for this contact
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Where to listen for the other device (its code tells it where)
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:0")]
+    pub listen: SocketAddr,
 }
 
 #[derive(Args, Debug)]
@@ -258,6 +276,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Contacts(ContactsCommand::Add(args)) => contacts_add(&home, &args, &mut out)?,
         Command::Contacts(ContactsCommand::List(args)) => contacts_list(&home, &args, &mut out)?,
         Command::Send(args) => send(&home, &args, &mut out)?,
+        Command::Pair(args) => pair(&home, &args, &mut out)?,
         Command::Messages(args) => messages(&home, &args, &mut out)?,
         Command::Status(args) => status(&home, &args, &mut out)?,
         Command::Run(args) => {
@@ -333,6 +352,116 @@ fn id(home: &Home, args: &IdArgs, out: &mut impl Write) -> Result<()> {
         writeln!(out)?;
     }
     writeln!(out, "{}", code.encode())?;
+    Ok(())
+}
+
+/// How long pairing waits for the other device.
+const PAIRING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+fn pair(home: &Home, args: &PairArgs, out: &mut impl Write) -> Result<()> {
+    use cairn_node::contact::{Pairing, ReachabilityHint};
+    use std::net::{TcpListener, TcpStream};
+
+    DisplayName::new(&args.name).context("contact name refused")?;
+    let identity = load_identity(home)?;
+    let config = home.load_config()?;
+    let listener = TcpListener::bind(args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let mut local = listener.local_addr()?;
+    if local.ip().is_unspecified() {
+        // Listening everywhere: tell the other device the address of the interface this
+        // machine would use to reach the LAN (a UDP connect only picks a route; nothing is
+        // sent).
+        let probe = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        if probe.connect("192.0.2.1:9").is_ok() {
+            local.set_ip(probe.local_addr()?.ip());
+        }
+    }
+    let hint = ReachabilityHint::new(&local.to_string())?;
+    let mut pairing = Pairing::start(
+        &identity,
+        DisplayName::new(&config.display_name)?,
+        vec![hint],
+        &mut rand_core_06::OsRng,
+    )?;
+    writeln!(out, "{}", pairing.code().encode())?;
+    writeln!(out, "type or paste the other device's pairing code:")?;
+    out.flush()?;
+    let mut line = String::new();
+    io::stdin().read_line(&mut line)?;
+    let theirs = ContactCode::decode(line.trim())?;
+    let peer_addr: SocketAddr = theirs
+        .hints()
+        .first()
+        .and_then(|h| h.as_str().parse().ok())
+        .context("their pairing code says nowhere to reach them")?;
+    let ours_first = pairing.code().commitment().map(|c| *c.as_bytes())
+        < theirs.commitment().map(|c| *c.as_bytes());
+    pairing.handle_scanned_code(theirs)?;
+    let mut stream = if ours_first {
+        TcpStream::connect_timeout(&peer_addr, PAIRING_TIMEOUT)
+            .with_context(|| format!("cannot reach the other device at {peer_addr}"))?
+    } else {
+        listener.set_nonblocking(false)?;
+        let (stream, _) = listener.accept()?;
+        stream
+    };
+    stream.set_read_timeout(Some(PAIRING_TIMEOUT))?;
+    let paired = loop {
+        while let Some(message) = pairing.poll_transmit() {
+            let len = u16::try_from(message.len()).context("pairing message too long")?;
+            stream.write_all(&len.to_be_bytes())?;
+            stream.write_all(&message)?;
+        }
+        if let Some(paired) = pairing.take_paired() {
+            break paired;
+        }
+        let mut len = [0u8; 2];
+        stream
+            .read_exact(&mut len)
+            .context("the other device went away before pairing finished")?;
+        let len = usize::from(u16::from_be_bytes(len));
+        if len > 1024 {
+            bail!("the other device sent an oversized pairing message");
+        }
+        let mut message = vec![0u8; len];
+        stream.read_exact(&mut message)?;
+        pairing.handle_message(&message)?;
+    };
+    // Let the peer read our last confirmation before the connection closes.
+    let _ = stream.flush();
+    let peer = paired.contact.identity();
+    let db = AppDb::open(home.path())?;
+    let mut book = ContactBook::open(home.path(), identity.public_key())?;
+    if let Some(other) = find_by_name(&db, &book, &args.name)? {
+        if other.identity() != peer {
+            bail!(
+                "the name {:?} is already used by another contact; choose another name",
+                args.name
+            );
+        }
+    }
+    if let AddOutcome::DeviceKeyChanged { .. } = book.add(paired.contact)? {
+        bail!(
+            "{:?} is already a contact with another device key; nothing was changed",
+            args.name
+        );
+    }
+    let keys = PairKeys::new(
+        paired.root_secret.expose(),
+        identity.public_key().as_bytes(),
+        peer.as_bytes(),
+        period_of(now_secs()?),
+    );
+    book.set_pair_keys(&peer, &keys)?;
+    book.mark_verified(&peer, Verification::VerifiedInPerson)?;
+    db.set_contact_name(peer, &args.name)?;
+    writeln!(
+        out,
+        "paired with {}: verified in person (fingerprint {})",
+        args.name,
+        peer.fingerprint()
+    )?;
     Ok(())
 }
 

@@ -525,3 +525,57 @@ fn the_home_comes_from_the_flag_then_cairn_home_then_the_data_directory() {
         assert!(fake_home.join(".local/share/cairn/identity.key").exists());
     }
 }
+
+/// Two people pair in person: each types the other's pairing code, the devices talk over
+/// loopback TCP, and both end up with the other as a contact verified in person who can be
+/// written to at once.
+#[test]
+fn pairing_in_person_makes_contacts_verified_in_person() {
+    use std::io::{BufRead, BufReader, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, _) = node(dir.path(), "Alice");
+    let (bob, _) = node(dir.path(), "Bob");
+    let start = |home: &Path, name: &str| {
+        cairn_command(home, &["pair", name, "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut at_alice = start(&alice, "Bob");
+    let mut at_bob = start(&bob, "Alice");
+    let first_line = |child: &mut std::process::Child| {
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        line
+    };
+    let (alice_code, bob_code) = (first_line(&mut at_alice), first_line(&mut at_bob));
+    assert!(alice_code.starts_with("cairn1:"), "{alice_code}");
+    at_alice
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(bob_code.as_bytes())
+        .unwrap();
+    at_bob
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(alice_code.as_bytes())
+        .unwrap();
+    for child in [at_alice, at_bob] {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+        assert!(stdout(&output).contains("verified in person"));
+    }
+    for (home, peer) in [(&alice, "Bob"), (&bob, "Alice")] {
+        let list = json_lines(&ok(home, &["contacts", "list", "--json"]));
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0]["name"], peer);
+        assert_eq!(list[0]["verification"], "verified-in-person");
+    }
+    ok(&alice, &["send", "Bob", "paired and ready"]);
+}
