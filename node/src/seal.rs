@@ -47,7 +47,7 @@
 //! The price of a deterministic nonce: the same text to the same person with the same header
 //! (same second) seals to the same envelope, which the network then treats as one message.
 
-use cairn_sync::envelope::{Priority, ReceiptLock, ReceiptProof, ScopeTag};
+use cairn_sync::envelope::{Envelope, Priority, ReceiptLock, ReceiptProof, ScopeTag};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -153,6 +153,30 @@ pub struct SealedHeader {
 }
 
 impl SealedHeader {
+    /// The public fields of `envelope` that its seal binds.
+    pub fn of(envelope: &Envelope) -> Self {
+        SealedHeader {
+            created_at_secs: envelope.created_at_secs,
+            lifetime_secs: envelope.lifetime_secs,
+            scope: envelope.scope,
+            priority: envelope.priority,
+            copy_budget: envelope.copy_budget,
+        }
+    }
+
+    /// The envelope that carries `sealed` under this header.
+    pub fn envelope(&self, sealed: Sealed) -> Envelope {
+        Envelope {
+            created_at_secs: self.created_at_secs,
+            lifetime_secs: self.lifetime_secs,
+            scope: self.scope,
+            priority: self.priority,
+            copy_budget: self.copy_budget,
+            receipt_lock: sealed.receipt_lock,
+            body: sealed.body,
+        }
+    }
+
     fn associated_data(&self) -> [u8; 23] {
         let mut ad = [0u8; 23];
         ad[..8].copy_from_slice(&self.created_at_secs.to_le_bytes());

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
 
 use cairn_node::seal::{MailboxKey, PairKeys, SealedHeader, PERIOD_SECS};
-use cairn_sync::envelope::{Envelope, Item, Priority};
+use cairn_sync::envelope::{Item, Priority};
 use cairn_sync::policy::NodePolicy;
 use cairn_sync::session::{self, Role, SessionConfig, SyncSession};
 use cairn_sync::store::{LmdbConfig, LmdbStore, MemStore, Store};
@@ -71,15 +71,7 @@ fn a_carrier_stores_and_forwards_a_message_it_cannot_read() {
     };
     let sealed = alice_keys.seal(&header, SECRET.as_bytes()).unwrap();
     let body = sealed.body.clone();
-    let envelope = Envelope {
-        created_at_secs: header.created_at_secs,
-        lifetime_secs: header.lifetime_secs,
-        scope: header.scope,
-        priority: header.priority,
-        copy_budget: header.copy_budget,
-        receipt_lock: sealed.receipt_lock,
-        body: sealed.body,
-    };
+    let envelope = header.envelope(sealed);
     let alice_policy = NodePolicy::default();
     let mut alice = MemStore::new();
     session::originate(&mut alice, &alice_policy, &envelope, now()).unwrap();
@@ -111,17 +103,7 @@ fn a_carrier_stores_and_forwards_a_message_it_cannot_read() {
             panic!("not an envelope");
         };
         let opened = bob_keys
-            .open(
-                &SealedHeader {
-                    created_at_secs: got.created_at_secs,
-                    lifetime_secs: got.lifetime_secs,
-                    scope: got.scope,
-                    priority: got.priority,
-                    copy_budget: got.copy_budget,
-                },
-                &got.receipt_lock,
-                &got.body,
-            )
+            .open(&SealedHeader::of(&got), &got.receipt_lock, &got.body)
             .unwrap();
         assert_eq!(opened.plaintext, SECRET.as_bytes());
         session::acknowledge(&mut bob, &inbox[0].id, opened.proof, now()).unwrap();

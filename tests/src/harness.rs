@@ -272,6 +272,32 @@ impl Node {
     }
 
     /// `cairn messages --json`.
+    /// Asserts that this node received exactly `texts` from `from`, each once, each in its
+    /// own envelope.
+    pub fn assert_received_exactly_once(&self, from: &str, texts: &[String]) {
+        let received = self.messages();
+        assert_eq!(
+            received.len(),
+            texts.len(),
+            "{} has each message exactly once",
+            self.name
+        );
+        assert!(received
+            .iter()
+            .all(|m| m.direction == "incoming" && m.from == from && m.status == "received"));
+        let got: std::collections::BTreeSet<&str> =
+            received.iter().map(|m| m.text.as_str()).collect();
+        let sent: std::collections::BTreeSet<&str> = texts.iter().map(String::as_str).collect();
+        assert_eq!(
+            got, sent,
+            "{}'s texts are exactly the ones {from} sent",
+            self.name
+        );
+        let envelopes: std::collections::HashSet<_> =
+            received.iter().map(|m| m.envelope.clone()).collect();
+        assert_eq!(envelopes.len(), texts.len(), "one envelope per message");
+    }
+
     pub fn messages(&self) -> Vec<Message> {
         self.cli(&["messages", "--json"])
             .lines()

@@ -9,7 +9,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeSet, HashSet};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -242,16 +241,7 @@ fn carrier_killed_mid_sync(texts: Vec<String>) {
         assert!(stopped.success(), "{name}'s daemon exited with {stopped}");
     }
 
-    let received = bob.messages();
-    assert_eq!(received.len(), count, "bob has each message exactly once");
-    assert!(received
-        .iter()
-        .all(|m| m.direction == "incoming" && m.from == "alice" && m.status == "received"));
-    let got: BTreeSet<&str> = received.iter().map(|m| m.text.as_str()).collect();
-    let sent: BTreeSet<&str> = texts.iter().map(String::as_str).collect();
-    assert_eq!(got, sent, "bob's texts are exactly the ones alice sent");
-    let envelopes: HashSet<_> = received.iter().map(|m| m.envelope.clone()).collect();
-    assert_eq!(envelopes.len(), count, "one envelope per message");
+    bob.assert_received_exactly_once("alice", &texts);
 }
 
 /// Items in a stopped node's sync store, read straight from its files.

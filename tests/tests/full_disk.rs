@@ -17,7 +17,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -195,20 +195,7 @@ fn a_carrier_whose_disk_fills_stays_up_and_loses_nothing() {
     eprintln!("carol's store at the end: {:?}", store.usage().unwrap());
     drop(store);
 
-    let received = bob.messages();
-    assert_eq!(
-        received.len(),
-        MESSAGES,
-        "bob has each message exactly once"
-    );
-    assert!(received
-        .iter()
-        .all(|m| m.direction == "incoming" && m.from == "alice" && m.status == "received"));
-    let got: BTreeSet<&str> = received.iter().map(|m| m.text.as_str()).collect();
-    let sent: BTreeSet<&str> = texts.iter().map(String::as_str).collect();
-    assert_eq!(got, sent, "bob's texts are exactly the ones alice sent");
-    let envelopes: HashSet<_> = received.iter().map(|m| m.envelope.clone()).collect();
-    assert_eq!(envelopes.len(), MESSAGES, "one envelope per message");
+    bob.assert_received_exactly_once("alice", &texts);
 }
 
 /// A tmpfs mounted at `path` (created), unmounted on drop. Inside a private mount namespace,

@@ -213,15 +213,7 @@ fn a_sealed_message_crosses_a_carrier_over_noise_links_and_the_receipt_returns()
         copy_budget: 4,
     };
     let sealed = alice_keys.seal(&header, TEXT).unwrap();
-    let envelope = Envelope {
-        created_at_secs: header.created_at_secs,
-        lifetime_secs: header.lifetime_secs,
-        scope: header.scope,
-        priority: header.priority,
-        copy_budget: header.copy_budget,
-        receipt_lock: sealed.receipt_lock,
-        body: sealed.body,
-    };
+    let envelope = header.envelope(sealed);
     let id = session::originate(&mut alice.store, &alice.policy, &envelope, now()).unwrap();
 
     // Alice meets Carol over a LoRa-sized link; Carol meets Bob later on the LAN.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use cairn_sync::envelope::{Envelope, Item, ItemId, Priority};
+use cairn_sync::envelope::{Item, ItemId, Priority};
 use cairn_sync::policy::NodePolicy;
 use cairn_sync::session::{self, SyncEvent};
 use cairn_sync::store::{ItemKind, Origin, Store, WriteBatch, WriteOp};
@@ -193,10 +193,9 @@ impl Core {
 
     /// Others' envelopes this node is carrying.
     pub fn carried(&self) -> anyhow::Result<u64> {
-        let store = self.shared.lock_store();
-        let mut remote = 0u64;
-        store.for_each_recon_key(&cairn_sync::store::ReconFilter::All, &mut |_| remote += 1)?;
-        Ok(remote)
+        // Every item the store holds (what a walk of its keys counted, without the walk:
+        // this runs every second, and a carrier may hold a million items).
+        Ok(self.shared.lock_store().usage()?.items)
     }
 
     /// Seals what `cairn send` queued and puts it in the sync store.
@@ -243,15 +242,7 @@ impl Core {
                 let sealed = keys.seal(&header, &plaintext)?;
                 ids.push(message.id);
                 labels.push(self.contact_name(&contact.identity()));
-                envelopes.push(Envelope {
-                    created_at_secs: header.created_at_secs,
-                    lifetime_secs: header.lifetime_secs,
-                    scope: header.scope,
-                    priority: header.priority,
-                    copy_budget: header.copy_budget,
-                    receipt_lock: sealed.receipt_lock,
-                    body: sealed.body,
-                });
+                envelopes.push(header.envelope(sealed));
             }
             if envelopes.is_empty() {
                 return Ok(());
@@ -382,13 +373,7 @@ impl Core {
                 discards.push((id, "not an envelope"));
                 continue;
             };
-            let header = SealedHeader {
-                created_at_secs: envelope.created_at_secs,
-                lifetime_secs: envelope.lifetime_secs,
-                scope: envelope.scope,
-                priority: envelope.priority,
-                copy_budget: envelope.copy_budget,
-            };
+            let header = SealedHeader::of(&envelope);
             let opened = contacts.iter().find_map(|(identity, keys)| {
                 keys.open(&header, &envelope.receipt_lock, &envelope.body)
                     .ok()
