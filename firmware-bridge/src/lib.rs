@@ -14,7 +14,13 @@
 //!
 //! [`cairn_transports`]: https://example.invalid/cairn
 
+pub mod channel;
 pub mod kiss;
+pub mod lora;
+pub mod meshtastic;
+pub mod raw;
+pub mod rnode;
+pub mod rnode_device;
 
 /// Which firmware protocol speaks on a serial port (`--radio KIND`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -244,4 +250,21 @@ pub trait DeviceSide: Send + std::fmt::Debug {
     fn lora_params(&self) -> Option<LoraParams>;
     /// Largest frame the device puts on air.
     fn max_frame(&self) -> usize;
+}
+
+/// The host-side driver for `kind`: what `cairn run --serial PATH --radio KIND` runs on the
+/// port. `lora` configures radios whose host sets the parameters (RNode); the others keep
+/// their own. `seed` feeds whatever a driver must draw (Meshtastic's `want_config_id`).
+#[must_use]
+pub fn host(kind: RadioKind, lora: LoraParams, seed: [u8; 32]) -> Box<dyn Firmware> {
+    match kind {
+        RadioKind::Raw => Box::new(raw::RawCable::new(raw::RawCableConfig::default())),
+        RadioKind::Kiss => Box::new(rnode::KissTnc::new(rnode::KissTncConfig::default())),
+        RadioKind::Rnode => Box::new(rnode::RnodeHost::new(lora, rnode::RnodeConfig::default())),
+        RadioKind::Meshtastic => {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&seed[..8]);
+            Box::new(meshtastic::MeshtasticHost::new(u64::from_le_bytes(word)))
+        }
+    }
 }

@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+use cairn_firmware_bridge::{LoraParams, RadioKind};
 use cairn_node::app::{AppDb, Direction, MessageRecord, MAX_TEXT_BYTES};
 use cairn_node::contact::{
     AddOutcome, Contact, ContactBook, ContactCode, DisplayName, QrTheme, Verification,
@@ -103,6 +104,9 @@ pub enum Command {
         --ble) uses just those; the LAN options (--interface, --listen, --peer) turn on \
         the LAN.")]
     Run(RunCli),
+    /// Talk to a radio on a serial port
+    #[command(subcommand)]
+    Radio(RadioCommand),
     /// Run a three-node demonstration on this machine
     Demo,
 }
@@ -208,12 +212,15 @@ pub struct RunCli {
     /// A LAN peer to connect to, for networks that block multicast (repeatable)
     #[arg(long = "peer", value_name = "ADDR")]
     pub peers: Vec<SocketAddr>,
-    /// A serial link, e.g. /dev/ttyUSB0:115200 (repeatable)
+    /// A serial link, e.g. /dev/ttyUSB0:115200 (repeatable; default baud rate 115200)
     #[arg(long = "serial", value_name = "PATH[:BAUD]", value_parser = parse_serial)]
     pub serial: Vec<String>,
-    /// Radio firmware on the serial links
-    #[arg(long, value_name = "KIND", requires = "serial")]
-    pub radio: Option<String>,
+    /// What speaks on each --serial, in order: raw (a direct cable), kiss, rnode or
+    /// meshtastic. One --radio for several --serial applies to all of them
+    #[arg(long = "radio", value_name = "KIND", requires = "serial")]
+    pub radio: Vec<RadioKind>,
+    #[command(flatten)]
+    pub lora: LoraArgs,
     /// Use Bluetooth LE
     #[arg(long)]
     pub ble: bool,
@@ -232,9 +239,82 @@ impl RunCli {
             peers: self.peers.clone(),
             serial: self.serial.clone(),
             radio: self.radio.clone(),
+            lora: self.lora.params(),
             ble: self.ble,
         }
     }
+}
+
+/// LoRa settings for radios whose host sets them (RNode). Meshtastic devices keep their own
+/// preset; a cable has none. Every radio in a team must use the same ones.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct LoraArgs {
+    /// Carrier frequency in Hz (check what your country allows)
+    #[arg(long = "frequency", value_name = "HZ", default_value_t = LoraParams::sf7().frequency_hz)]
+    pub frequency_hz: u32,
+    /// LoRa bandwidth in Hz
+    #[arg(long = "bandwidth", value_name = "HZ", default_value_t = 125_000)]
+    pub bandwidth_hz: u32,
+    /// LoRa spreading factor, 7 (fast, short range) to 12 (slow, long range)
+    #[arg(long = "sf", value_name = "N", default_value_t = 7, value_parser = clap::value_parser!(u8).range(5..=12))]
+    pub spreading_factor: u8,
+    /// LoRa coding rate denominator, 5 to 8 (4/5 to 4/8)
+    #[arg(long = "cr", value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u8).range(5..=8))]
+    pub coding_rate: u8,
+    /// Transmit power in dBm
+    #[arg(long = "tx-power", value_name = "DBM", default_value_t = 14)]
+    pub tx_power_dbm: u8,
+}
+
+impl Default for LoraArgs {
+    fn default() -> Self {
+        let p = LoraParams::sf7();
+        Self {
+            frequency_hz: p.frequency_hz,
+            bandwidth_hz: p.bandwidth_hz,
+            spreading_factor: p.spreading_factor,
+            coding_rate: p.coding_rate,
+            tx_power_dbm: p.tx_power_dbm,
+        }
+    }
+}
+
+impl LoraArgs {
+    pub fn params(&self) -> LoraParams {
+        LoraParams {
+            frequency_hz: self.frequency_hz,
+            bandwidth_hz: self.bandwidth_hz,
+            spreading_factor: self.spreading_factor,
+            coding_rate: self.coding_rate,
+            tx_power_dbm: self.tx_power_dbm,
+            ..LoraParams::sf7()
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RadioCommand {
+    /// Ask the device on a serial port what it is and print what its firmware reports
+    #[command(long_about = "Ask the device on a serial port what it is.\n\n\
+        Opens the port, runs the firmware handshake (configuring an RNode with the LoRa \
+        settings given), prints what the firmware reports, and exits. Exit code 1 if the \
+        device does not answer within --wait seconds.")]
+    Info(RadioInfoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RadioInfoArgs {
+    /// The serial port, e.g. /dev/ttyUSB0:115200
+    #[arg(value_name = "PATH[:BAUD]", value_parser = parse_serial)]
+    pub port: String,
+    /// What speaks on the port: raw, kiss, rnode or meshtastic
+    #[arg(long, value_name = "KIND")]
+    pub radio: RadioKind,
+    #[command(flatten)]
+    pub lora: LoraArgs,
+    /// How long to wait for the device, in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub wait: u64,
 }
 
 fn parse_serial(value: &str) -> Result<String, String> {
@@ -283,9 +363,37 @@ pub fn run(cli: Cli) -> Result<()> {
             drop(out);
             return cairn_node::daemon::run(home.path(), args.to_run_args());
         }
+        Command::Radio(RadioCommand::Info(args)) => radio_info(&args, &mut out)?,
         Command::Demo => unreachable!("handled above"),
     }
     out.flush()?;
+    Ok(())
+}
+
+fn radio_info(args: &RadioInfoArgs, out: &mut impl Write) -> Result<()> {
+    let info = cairn_node::daemon::radio_info(
+        &args.port,
+        args.radio,
+        args.lora.params(),
+        std::time::Duration::from_secs(args.wait),
+    )?;
+    writeln!(out, "firmware: {}", info.firmware)?;
+    writeln!(out, "kind: {}", args.radio)?;
+    writeln!(out, "max frame: {} bytes", info.max_frame)?;
+    if let Some(lora) = info.lora {
+        writeln!(
+            out,
+            "lora: {:.3} MHz, {} kHz, SF{}, CR 4/{}, {} dBm",
+            f64::from(lora.frequency_hz) / 1e6,
+            lora.bandwidth_hz / 1000,
+            lora.spreading_factor,
+            lora.coding_rate,
+            lora.tx_power_dbm
+        )?;
+    }
+    for (name, value) in &info.details {
+        writeln!(out, "{name}: {value}")?;
+    }
     Ok(())
 }
 
@@ -923,7 +1031,7 @@ mod tests {
         let args = run_args(&["--serial", "/dev/ttyUSB0:115200", "--radio", "meshtastic"]);
         assert!(!args.lan);
         assert_eq!(args.serial, vec!["/dev/ttyUSB0:115200".to_owned()]);
-        assert_eq!(args.radio.as_deref(), Some("meshtastic"));
+        assert_eq!(args.radio, vec![RadioKind::Meshtastic]);
         let args = run_args(&["--ble"]);
         assert!(!args.lan && args.ble);
         let args = run_args(&["--ble", "--lan"]);
@@ -957,6 +1065,17 @@ mod tests {
             vec!["cairn", "run", "--serial", "/dev/ttyUSB0:fast"],
             vec!["cairn", "run", "--serial", ":9600"],
             vec!["cairn", "run", "--radio", "meshtastic"],
+            vec!["cairn", "run", "--serial", "/dev/ttyS0", "--radio", "lora"],
+            vec![
+                "cairn",
+                "run",
+                "--serial",
+                "/dev/ttyS0",
+                "--radio",
+                "rnode",
+                "--sf",
+                "13",
+            ],
         ] {
             let err = Cli::try_parse_from(&argv).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{argv:?}");

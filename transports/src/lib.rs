@@ -10,3 +10,5 @@ pub mod hop;
 
 /// LAN links: mDNS discovery and TCP connections handed to the daemon (I/O edge, tokio).
 pub mod lan;
+pub mod link;
+pub mod serial;

@@ -179,13 +179,15 @@ async fn start(
         interfaces: Interfaces::LoopbackOnly,
         discovery: true,
         peers: Vec::new(),
+        lan: true,
+        serial: Vec::new(),
         stories: Some(stories.clone()),
     })
     .await
     .with_context(|| format!("starting {name}'s node"))?;
     cast.say(format!(
         "{name} is up, listening on {} and advertising on mDNS (loopback only).",
-        node.local_addr()
+        node.local_addr().context("the LAN is on")?
     ));
     Ok(node)
 }

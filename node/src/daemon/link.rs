@@ -25,8 +25,11 @@ use super::shared::{now_ms, LinkId, Shared};
 /// written out: bounds memory when a peer lacks a hundred thousand messages.
 const FRAMES_PER_PUMP: usize = 64;
 
+/// A round on a LAN link with nothing heard for this long is abandoned.
+const STREAM_STALL_MS: u64 = 60_000;
+
 /// Why a second link to a peer we are already linked to is closed.
-const ALREADY_LINKED: &str = "already linked to this peer";
+pub(super) const ALREADY_LINKED: &str = "already linked to this peer";
 
 /// What one meeting exchanged, for the one log line it gets.
 #[derive(Clone, Debug, Default)]
@@ -155,7 +158,7 @@ pub async fn run_link(
                 HopEvent::Established { peer } => {
                     // A sync frame must fit in one hop frame (65,519 bytes on a stream).
                     let mtu = hop.max_plaintext().min(cairn_sync::wire::MAX_MTU);
-                    match start_sync(&shared, link, &peer, outbound, mtu) {
+                    match start_sync(&shared, link, &peer, outbound, mtu, STREAM_STALL_MS) {
                         Ok(session) => {
                             summary.peer = Some(peer.identity);
                             sync = Some(session);
@@ -223,12 +226,13 @@ async fn sleep_until_ms(deadline: Option<u64>) {
 }
 
 /// The peer proved who it is: register the link (one per peer) and start syncing.
-fn start_sync(
+pub(super) fn start_sync(
     shared: &Shared,
     link: LinkId,
     peer: &DeviceCredential,
     outbound: bool,
     mtu: usize,
+    stall_timeout_ms: u64,
 ) -> Result<SyncSession, String> {
     if peer.identity == shared.own_identity {
         return Err("connected to ourselves".into());
@@ -241,7 +245,10 @@ fn start_sync(
     } else {
         SyncRole::Responder
     };
-    let config = SessionConfig::new(mtu, shared.policy());
+    let config = SessionConfig {
+        stall_timeout_ms,
+        ..SessionConfig::new(mtu, shared.policy())
+    };
     SyncSession::new(
         config,
         role,
@@ -260,15 +267,29 @@ fn pump_sync(
     hop: &mut HopSession,
     summary: &mut MeetingSummary,
 ) -> Result<bool, String> {
+    pump_sync_into(shared, sync, summary, FRAMES_PER_PUMP, &mut |frame| {
+        hop.send(frame).map_err(|e| format!("hop: {e}"))
+    })
+}
+
+/// Moves up to `max_frames` sync frames into `send`. Returns whether it moved all of them
+/// (the session may have more to send right away).
+pub(super) fn pump_sync_into(
+    shared: &Shared,
+    sync: &mut SyncSession,
+    summary: &mut MeetingSummary,
+    max_frames: usize,
+    send: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+) -> Result<bool, String> {
     let now = Timestamp::from_millis(now_ms());
     let mut full = true;
-    for _ in 0..FRAMES_PER_PUMP {
+    for _ in 0..max_frames {
         let frame = {
             let mut store = shared.lock_store();
             sync.poll_transmit(now, &mut *store)
         };
         match frame {
-            Ok(Some(frame)) => hop.send(&frame).map_err(|e| format!("hop: {e}"))?,
+            Ok(Some(frame)) => send(&frame)?,
             Ok(None) => {
                 full = false;
                 break;
@@ -280,7 +301,7 @@ fn pump_sync(
     Ok(full)
 }
 
-fn handle_frame(
+pub(super) fn handle_frame(
     shared: &Shared,
     sync: &mut SyncSession,
     frame: &[u8],
@@ -295,7 +316,11 @@ fn handle_frame(
     result.map_err(|e| format!("sync: {e}"))
 }
 
-fn forward_events(shared: &Shared, sync: &mut SyncSession, summary: &mut MeetingSummary) {
+pub(super) fn forward_events(
+    shared: &Shared,
+    sync: &mut SyncSession,
+    summary: &mut MeetingSummary,
+) {
     let mut store_changed = false;
     while let Some(event) = sync.poll_event() {
         match &event {

@@ -11,6 +11,7 @@ mod core;
 mod demo;
 mod link;
 mod node;
+mod radio;
 mod shared;
 pub mod testbed;
 
@@ -18,9 +19,12 @@ use std::net::SocketAddr;
 
 pub use self::core::Story;
 pub use node::{NodeHandle, NodeOptions};
+pub use radio::SerialSpec;
+
+use cairn_firmware_bridge::{LoraParams, RadioInfo, RadioKind};
 
 /// What `cairn run` was asked to do.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunArgs {
     /// Run the LAN transport (on when no transport is named).
     pub lan: bool,
@@ -30,19 +34,85 @@ pub struct RunArgs {
     pub listen: Option<SocketAddr>,
     /// Static LAN peers, for networks that block multicast.
     pub peers: Vec<SocketAddr>,
-    /// Serial links, `PATH[:BAUD]` (issue 5).
+    /// Serial links, `PATH[:BAUD]`.
     pub serial: Vec<String>,
-    /// Radio firmware kind on the serial links (issue 5).
-    pub radio: Option<String>,
+    /// What speaks on each serial link, in order (one kind for all when there is one).
+    pub radio: Vec<RadioKind>,
+    /// LoRa settings for radios the host configures.
+    pub lora: LoraParams,
     /// Bluetooth LE (not available in this build).
     pub ble: bool,
 }
 
+impl Default for RunArgs {
+    fn default() -> Self {
+        Self {
+            lan: false,
+            interfaces: Vec::new(),
+            listen: None,
+            peers: Vec::new(),
+            serial: Vec::new(),
+            radio: Vec::new(),
+            lora: LoraParams::sf7(),
+            ble: false,
+        }
+    }
+}
+
+impl RunArgs {
+    /// Pairs each `--serial` with its `--radio`.
+    ///
+    /// # Errors
+    ///
+    /// No `--radio` for a serial link, or counts that do not pair up.
+    pub fn serial_specs(&self) -> anyhow::Result<Vec<SerialSpec>> {
+        let kinds: Vec<RadioKind> = match (self.serial.len(), self.radio.len()) {
+            (_, 0) if !self.serial.is_empty() => anyhow::bail!(
+                "say what speaks on the serial port: --radio raw (a direct cable), kiss, rnode or meshtastic"
+            ),
+            (n, 1) => vec![self.radio[0]; n],
+            (n, m) if n == m => self.radio.clone(),
+            (n, m) => anyhow::bail!(
+                "{n} --serial but {m} --radio: give one --radio for all, or one per --serial in the same order"
+            ),
+        };
+        self.serial
+            .iter()
+            .zip(kinds)
+            .map(|(port, kind)| {
+                Ok(SerialSpec {
+                    port: port
+                        .parse()
+                        .map_err(|e| anyhow::anyhow!("--serial {port}: {e}"))?,
+                    kind,
+                    lora: self.lora,
+                })
+            })
+            .collect()
+    }
+}
+
+/// `cairn radio info`: opens the port, runs the firmware handshake, and returns what the
+/// firmware reported.
+///
+/// # Errors
+///
+/// The port cannot be opened, or the device does not answer within `wait`.
+pub fn radio_info(
+    port: &str,
+    kind: RadioKind,
+    lora: LoraParams,
+    wait: std::time::Duration,
+) -> anyhow::Result<RadioInfo> {
+    let port = port.parse().map_err(|e| anyhow::anyhow!("{port}: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(radio::probe(port, kind, lora, wait))
+}
+
 /// Runs the node until SIGINT or SIGTERM.
 pub fn run(home: &std::path::Path, args: RunArgs) -> anyhow::Result<()> {
-    if !args.serial.is_empty() || args.radio.is_some() {
-        anyhow::bail!("serial and radio links are not in this build yet (issue 5); use the LAN");
-    }
     if args.ble {
         anyhow::bail!(
             "Bluetooth LE is not in this build: this machine has no Bluetooth to test it on"
@@ -55,7 +125,10 @@ pub fn run(home: &std::path::Path, args: RunArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let options = NodeOptions::from_run_args(home, &args)?;
         let node = NodeHandle::start(options).await?;
-        tracing::info!(listen = %node.local_addr(), "cairn is running; Ctrl-C stops it");
+        match node.local_addr() {
+            Some(addr) => tracing::info!(listen = %addr, "cairn is running; Ctrl-C stops it"),
+            None => tracing::info!("cairn is running; Ctrl-C stops it"),
+        }
         wait_for_signal().await;
         tracing::info!("shutting down");
         node.shutdown().await

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::core::{Core, Story};
 use super::link::{run_link, MeetingSummary};
+use super::radio::{open_port, run_radio, SerialSpec};
 use super::shared::{now_ms, Shared};
 use super::RunArgs;
 use crate::app::AppDb;
@@ -44,6 +45,10 @@ pub struct NodeOptions {
     pub interfaces: Interfaces,
     pub discovery: bool,
     pub peers: Vec<SocketAddr>,
+    /// Run the LAN transport.
+    pub lan: bool,
+    /// Serial bearers (cables and radios).
+    pub serial: Vec<SerialSpec>,
     /// Where the demo listens to what happens (the daemon logs it instead).
     pub stories: Option<mpsc::UnboundedSender<(String, Story)>>,
 }
@@ -65,6 +70,8 @@ impl NodeOptions {
             interfaces,
             discovery: true,
             peers: args.peers.clone(),
+            lan: args.lan,
+            serial: args.serial_specs()?,
             stories: None,
         })
     }
@@ -73,7 +80,7 @@ impl NodeOptions {
 /// A running node; [`NodeHandle::shutdown`] stops it cleanly.
 #[derive(Debug)]
 pub struct NodeHandle {
-    local_addr: SocketAddr,
+    local_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     lan: Option<Arc<Lan>>,
@@ -102,49 +109,71 @@ impl NodeHandle {
         let name = config.display_name.clone();
         let core = Core::new(&home, identity, name.clone(), shared.clone(), app)?;
 
-        let mut instance = [0u8; 8];
-        OsRng.fill_bytes(&mut instance);
-        let lan_config = LanConfig {
-            listen: options.listen,
-            discovery: if options.discovery {
-                Discovery::Mdns {
-                    interfaces: options.interfaces.clone(),
-                }
-            } else {
-                Discovery::Off
-            },
-            static_peers: options.peers.clone(),
-            max_links: MAX_LINKS,
-            instance,
-            backoff: Backoff::default(),
-            fallback_dial: FALLBACK_DIAL,
-        };
-        let (lan, lan_events) = Lan::start(lan_config)
-            .await
-            .context("starting the LAN transport")?;
-        let local_addr = lan.local_addr();
-        let lan = Arc::new(lan);
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let tasks = vec![
-            tokio::spawn(accept_links(
+        let mut tasks = vec![];
+        let (lan, local_addr) = if options.lan {
+            let mut instance = [0u8; 8];
+            OsRng.fill_bytes(&mut instance);
+            let lan_config = LanConfig {
+                listen: options.listen,
+                discovery: if options.discovery {
+                    Discovery::Mdns {
+                        interfaces: options.interfaces.clone(),
+                    }
+                } else {
+                    Discovery::Off
+                },
+                static_peers: options.peers.clone(),
+                max_links: MAX_LINKS,
+                instance,
+                backoff: Backoff::default(),
+                fallback_dial: FALLBACK_DIAL,
+            };
+            let (lan, lan_events) = Lan::start(lan_config)
+                .await
+                .context("starting the LAN transport")?;
+            let local_addr = lan.local_addr();
+            let lan = Arc::new(lan);
+            tasks.push(tokio::spawn(accept_links(
                 shared.clone(),
                 lan.clone(),
                 lan_events,
                 shutdown_rx.clone(),
                 name.clone(),
                 options.stories.clone(),
-            )),
-            tokio::spawn(core_loop(core, events, shutdown_rx, options.stories)),
-        ];
+            )));
+            (Some(lan), Some(local_addr))
+        } else {
+            (None, None)
+        };
+        for spec in options.serial {
+            let port = open_port(&spec)?;
+            tracing::info!(node = name, "serial link: {spec}");
+            tasks.push(tokio::spawn(run_radio(
+                shared.clone(),
+                spec,
+                port,
+                name.clone(),
+                options.stories.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(core_loop(
+            core,
+            events,
+            shutdown_rx,
+            options.stories,
+        )));
         Ok(NodeHandle {
             local_addr,
             shutdown,
             tasks,
-            lan: Some(lan),
+            lan,
         })
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
+    /// Where the LAN transport listens (`None` when the node runs without the LAN).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
     }
 
@@ -195,7 +224,7 @@ async fn accept_links(
                                 lan.link_closed(remote);
                             }
                             let took = started.elapsed();
-                            log_meeting(&name, remote, &summary, took);
+                            log_meeting(&name, &remote, &summary, took);
                             if let Some(tx) = stories {
                                 let _ = tx.send((name, Story::Meeting {
                                     peer: summary.peer,
@@ -233,7 +262,12 @@ async fn accept_links(
 }
 
 /// One line per meeting: who, over what, what moved, and why it ended.
-fn log_meeting(name: &str, remote: SocketAddr, s: &MeetingSummary, took: Duration) {
+pub(super) fn log_meeting(
+    name: &str,
+    remote: &dyn std::fmt::Display,
+    s: &MeetingSummary,
+    took: Duration,
+) {
     if s.ended_by.contains("storage failed") {
         // Worth more than an info line: the disk is full or failing. Nothing committed is
         // lost and the peer keeps what we could not take; the link is retried.

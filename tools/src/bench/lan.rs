@@ -255,6 +255,8 @@ fn options(home: &Path, peers: Vec<SocketAddr>) -> NodeOptions {
         interfaces: Interfaces::LoopbackOnly,
         discovery: false,
         peers,
+        lan: true,
+        serial: Vec::new(),
         stories: None,
     }
 }
@@ -562,7 +564,7 @@ async fn first_delivered(dir: &Path, log: bool) -> anyhow::Result<serde_json::Va
     let mut bob = options(&pair.bob_home, Vec::new());
     bob.stories = Some(tx.clone());
     let bob = start(bob).await?;
-    let mut alice = options(&pair.alice_home, vec![bob.local_addr()]);
+    let mut alice = options(&pair.alice_home, bob.local_addr().into_iter().collect());
     alice.stories = Some(tx);
     let started = Instant::now();
     let alice = start(alice).await?;
@@ -613,7 +615,7 @@ async fn backlog_drain(
     let mut bob = options(&pair.bob_home, Vec::new());
     bob.stories = Some(tx.clone());
     let bob = start(bob).await?;
-    let mut alice = options(&pair.alice_home, vec![bob.local_addr()]);
+    let mut alice = options(&pair.alice_home, bob.local_addr().into_iter().collect());
     alice.stories = Some(tx);
     let started_ms = now_ms();
     if log {
@@ -709,7 +711,7 @@ async fn run_async(args: &Args) -> anyhow::Result<serde_json::Value> {
     let mut bob = options(&pair.bob_home, Vec::new());
     bob.stories = Some(tx.clone());
     let bob = start(bob).await?;
-    let mut alice = options(&pair.alice_home, vec![bob.local_addr()]);
+    let mut alice = options(&pair.alice_home, bob.local_addr().into_iter().collect());
     alice.stories = Some(tx);
     let alice = start(alice).await?;
     ears.wait_for("Alice and Bob link", STEP_TIMEOUT, |heard| {

@@ -1,0 +1,853 @@
+//! # Frame links: hop sessions over cables and shared radio channels
+//!
+//! A LAN link is a TCP stream to one peer. Everything else Cairn speaks over (a serial cable,
+//! a LoRa channel that everyone in range shares, BLE writes later) moves *frames*: small,
+//! lossy, and for radios heard by everyone nearby. [`FrameLink`] is the one layer that turns
+//! any such bearer into secure, ordered message streams with each peer in reach, so the same
+//! sync session runs over all of them:
+//!
+//! ```text
+//!  sync session ─messages─▶ Arq (ordered, reliable) ─▶ HopSession (Noise, datagrams) ─┐
+//!        (one per peer)                                                               │
+//!  FrameLink: addresses, beacons, handshakes, pacing, duty cycle ◀────────────────────┘
+//!        │  frames ≤ max_frame
+//!  firmware driver (raw cable, KISS, RNode, Meshtastic) ─▶ serial port ─▶ radio
+//! ```
+//!
+//! * **Discovery.** A node announces itself with a 5-byte beacon ([`frame`]); on hearing an
+//!   unknown peer, the one with the lower address starts a Noise handshake (three frames:
+//!   53, 200 and 167 bytes); the higher one answers with its own beacon so it is heard too,
+//!   and starts the handshake itself if the lower one does not.
+//! * **Sessions.** One [`HopSession`] (datagram framing) per peer, with an [`arq::Arq`]
+//!   stream inside it. Sessions are not tied to a connection: they last as long as the peer
+//!   answers, so a peer that walks out of range and back costs no new handshake unless a
+//!   send failed meanwhile ([`arq::ArqError::PeerGone`] ends the session).
+//! * **Pacing.** On a radio the link never transmits while its own last frame is still on
+//!   air, waits a random slot after hearing anyone (so two nodes that heard the same frame do
+//!   not answer at once), and keeps within the duty cycle ([`LinkConfig::duty_cycle`]): a
+//!   frame that would exceed it waits. Acknowledgements and handshakes go before data.
+//! * **Idle means silent.** No keepalives: an idle radio link sends a beacon every
+//!   [`LinkConfig::beacon_interval_ms`] and nothing else. A cable sends beacons only while it
+//!   has no peer.
+//!
+//! Pure: `now` (ms) and a seed come in; frames, deadlines and events come out.
+
+pub mod arq;
+pub mod frame;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use cairn_firmware_bridge::lora::{self, DutyCycle, DutyCycleConfig};
+use cairn_firmware_bridge::{LoraParams, Medium};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::hop::{
+    DeviceCredential, Framing, HopConfig, HopError, HopEvent, HopSession, LocalKeys, NetworkKey,
+    Role, DATAGRAM_OVERHEAD, MIN_DATAGRAM_MTU,
+};
+use arq::{Arq, ArqConfig, ArqError, ArqStats};
+use frame::{Addr, LinkFrame, HANDSHAKE_OVERHEAD, TRANSPORT_OVERHEAD};
+
+/// Smallest frame a link can run on: a hop handshake message 2 plus the link's addresses.
+pub const MIN_LINK_FRAME: usize = MIN_DATAGRAM_MTU + HANDSHAKE_OVERHEAD;
+
+/// Bytes on air around a message's ARQ payload in a transport frame: link 2 + hop 20 + ARQ 2.
+pub const FRAME_OVERHEAD: usize = TRANSPORT_OVERHEAD + DATAGRAM_OVERHEAD + arq::ARQ_HEADER_LEN;
+
+/// What a peer on the link is called.
+pub type PeerAddr = Addr;
+
+/// Settings of one frame link.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// Our device keys.
+    pub local: LocalKeys,
+    /// The team's network key.
+    pub network_key: NetworkKey,
+    /// What the bearer is.
+    pub medium: Medium,
+    /// Largest frame the bearer carries, at least [`MIN_LINK_FRAME`].
+    pub max_frame: usize,
+    /// A cable's line rate in bits per second (the baud rate; 10 bits per byte with 8N1).
+    /// The link paces its frames to it rather than pile them up in the port's buffers.
+    /// `None`: unknown or unlimited.
+    pub cable_bps: Option<u32>,
+    /// Airtime we may use per window (EU868 g1: 1% of an hour). `None`: no limit (cables).
+    pub duty_cycle: Option<DutyCycleConfig>,
+    /// How often an idle radio announces itself.
+    pub beacon_interval_ms: u64,
+    /// Most peers at once; beacons from more are ignored until one goes.
+    pub max_peers: usize,
+}
+
+/// LoRa parameters assumed when the firmware picks its own (Meshtastic's LongFast preset).
+pub const ASSUMED_FIRMWARE_PARAMS: LoraParams = LoraParams {
+    frequency_hz: 869_525_000,
+    bandwidth_hz: 250_000,
+    spreading_factor: 11,
+    coding_rate: 5,
+    tx_power_dbm: 27,
+    preamble_symbols: 16,
+};
+
+impl LinkConfig {
+    /// Defaults for a bearer: radios get a 1% duty cycle over an hour and a beacon interval
+    /// that spends at most 5% of that budget on beacons (60 s at SF7, 30 min at SF12);
+    /// cables get neither limit and a beacon every 2 s until a peer answers.
+    #[must_use]
+    pub fn new(
+        local: LocalKeys,
+        network_key: NetworkKey,
+        medium: Medium,
+        max_frame: usize,
+    ) -> Self {
+        let (duty_cycle, beacon_interval_ms) = match medium {
+            Medium::Cable => (None, 2_000),
+            Medium::Radio(params) => {
+                let params = params.unwrap_or(ASSUMED_FIRMWARE_PARAMS);
+                let beacon_us = lora::airtime_us(&params, frame::BEACON_LEN);
+                // beacon / interval ≤ 5% × 1%  ⇒  interval ≥ beacon × 2000.
+                let interval = (beacon_us * 2_000 / 1_000).clamp(30_000, 30 * 60_000);
+                (Some(DutyCycleConfig::default()), interval)
+            }
+        };
+        Self {
+            local,
+            network_key,
+            medium,
+            max_frame,
+            cable_bps: None,
+            duty_cycle,
+            beacon_interval_ms,
+            max_peers: 16,
+        }
+    }
+
+    fn params(&self) -> Option<LoraParams> {
+        match self.medium {
+            Medium::Cable => None,
+            Medium::Radio(params) => Some(params.unwrap_or(ASSUMED_FIRMWARE_PARAMS)),
+        }
+    }
+
+    /// Time on air (or on the line) of a frame of `len` bytes, in µs; 0 on a cable of
+    /// unknown rate. The cable figure counts the framing's worst case roughly: start, stop
+    /// and 10% for escapes and the checksum.
+    #[must_use]
+    pub fn airtime_us(&self, len: usize) -> u64 {
+        match (self.params(), self.cable_bps) {
+            (Some(p), _) => lora::airtime_us(&p, len),
+            (None, Some(bps)) if bps > 0 => (len as u64 + 8) * 11 * 1_000_000 / u64::from(bps),
+            (None, _) => 0,
+        }
+    }
+
+    /// The hop session's datagram MTU on this link.
+    fn hop_mtu(&self) -> usize {
+        self.max_frame - TRANSPORT_OVERHEAD
+    }
+}
+
+/// Why a link could not be set up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// The bearer's frames cannot carry a handshake.
+    #[error("{0}-byte frames are too small for a Cairn link (at least {MIN_LINK_FRAME})")]
+    FrameTooSmall(usize),
+    /// No established session with that peer.
+    #[error("no session with peer {0}")]
+    NoSuchPeer(Addr),
+    /// The stream refused the message.
+    #[error(transparent)]
+    Arq(#[from] ArqError),
+}
+
+/// What the link reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// A peer proved who it is; messages can flow. `initiator` is whether we started the
+    /// handshake (exactly one side of a pair did): it picks the sync roles.
+    PeerUp {
+        /// Its link address.
+        addr: Addr,
+        /// Its credential.
+        peer: DeviceCredential,
+        /// Whether we were the handshake initiator.
+        initiator: bool,
+    },
+    /// A message from a peer, in order.
+    Message {
+        /// From whom.
+        addr: Addr,
+        /// The message.
+        message: Vec<u8>,
+    },
+    /// A session ended: the peer stopped answering, its handshake failed, or a newer session
+    /// with the same address replaced it. A `PeerUp` of the same address may follow.
+    PeerDown {
+        /// Whose.
+        addr: Addr,
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+/// Counters for diagnostics and the benchmark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Frames we transmitted.
+    pub frames_sent: u64,
+    /// Bytes we transmitted (frames as handed to the bearer).
+    pub bytes_sent: u64,
+    /// Our time on air, µs.
+    pub airtime_us: u64,
+    /// Beacons we sent.
+    pub beacons_sent: u64,
+    /// Frames heard.
+    pub frames_heard: u64,
+    /// Frames that were not well-formed link frames, or from another network.
+    pub frames_ignored: u64,
+    /// Handshakes started or answered.
+    pub handshakes: u64,
+    /// Times a frame waited for the duty cycle.
+    pub duty_cycle_waits: u64,
+    /// ARQ counters summed over sessions that ended, plus the live ones at the time of asking.
+    pub arq: ArqStats,
+}
+
+#[derive(Debug)]
+struct Peer {
+    hop: HopSession,
+    initiator: bool,
+    /// Set once established.
+    arq: Option<Arq>,
+    /// A newer handshake with the same address, replacing this session once it completes.
+    successor: Option<Box<Peer>>,
+}
+
+/// A frame link: every peer reachable over one bearer.
+#[derive(Debug)]
+pub struct FrameLink {
+    config: LinkConfig,
+    addr: Addr,
+    net: u16,
+    rng: ChaCha8Rng,
+    peers: BTreeMap<Addr, Peer>,
+    /// Peers we heard beacons from but have no session with: when we first heard them.
+    heard: BTreeMap<Addr, u64>,
+    events: VecDeque<LinkEvent>,
+    /// A frame taken from a session, waiting for the channel or the duty cycle.
+    staged: Option<Vec<u8>>,
+    next_beacon: u64,
+    last_beacon: Option<u64>,
+    /// Our own transmission is on air until then.
+    busy_until: u64,
+    /// Someone else just transmitted: wait until then (a random slot) before we do.
+    quiet_until: u64,
+    /// Our airtime inside the duty-cycle window.
+    duty: Option<DutyCycle>,
+    /// `poll_transmit` was refused by the channel or the duty cycle until then.
+    wake_at: Option<u64>,
+    /// Round-robin position among peers for data.
+    turn: Option<Addr>,
+    stats: LinkStats,
+    ended_arq: ArqStats,
+}
+
+impl FrameLink {
+    /// A link with a random address from `seed`; the first beacon goes out after a random
+    /// delay of up to 2 s so that nodes switched on together do not collide.
+    ///
+    /// # Errors
+    ///
+    /// [`LinkError::FrameTooSmall`] when the bearer cannot carry a handshake.
+    pub fn new(config: LinkConfig, now: u64, seed: [u8; 32]) -> Result<Self, LinkError> {
+        if config.max_frame < MIN_LINK_FRAME {
+            return Err(LinkError::FrameTooSmall(config.max_frame));
+        }
+        let mut rng = ChaCha8Rng::from_seed(seed);
+        let addr = loop {
+            let a = Addr(rng.next_u32() as u16);
+            if a.is_valid() {
+                break a;
+            }
+        };
+        let tag = blake3::derive_key("cairn 2026-11 link network tag", &config.network_key.0);
+        let next_beacon = now + rng.next_u64() % 2_000;
+        let duty_cycle = config.duty_cycle;
+        Ok(Self {
+            addr,
+            net: u16::from_be_bytes([tag[0], tag[1]]),
+            rng,
+            config,
+            peers: BTreeMap::new(),
+            heard: BTreeMap::new(),
+            events: VecDeque::new(),
+            staged: None,
+            next_beacon,
+            last_beacon: None,
+            busy_until: 0,
+            quiet_until: 0,
+            duty: duty_cycle.map(DutyCycle::new),
+            wake_at: None,
+            turn: None,
+            stats: LinkStats::default(),
+            ended_arq: ArqStats::default(),
+        })
+    }
+
+    /// Our address on this link.
+    #[must_use]
+    pub fn addr(&self) -> Addr {
+        self.addr
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &LinkConfig {
+        &self.config
+    }
+
+    /// Counters so far.
+    #[must_use]
+    pub fn stats(&self) -> LinkStats {
+        let mut stats = self.stats;
+        let mut arq = self.ended_arq;
+        for peer in self.peers.values() {
+            if let Some(live) = peer.arq.as_ref().map(Arq::stats) {
+                arq.data_frames += live.data_frames;
+                arq.retransmissions += live.retransmissions;
+                arq.ack_frames += live.ack_frames;
+                arq.duplicates += live.duplicates;
+            }
+        }
+        stats.arq = arq;
+        stats
+    }
+
+    /// Largest message payload per frame: what a sync session's MTU should be to fill
+    /// frames without splitting (it may be larger; the stream splits where needed).
+    #[must_use]
+    pub fn frame_payload(&self) -> usize {
+        self.config.max_frame - FRAME_OVERHEAD
+    }
+
+    /// Peers with an established session.
+    pub fn peers(&self) -> impl Iterator<Item = (Addr, &DeviceCredential)> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.arq.is_some())
+            .filter_map(|(a, p)| p.hop.peer().map(|c| (*a, c)))
+    }
+
+    /// Queues a message for an established peer.
+    ///
+    /// # Errors
+    ///
+    /// No session with `addr`, or a message too long for the stream.
+    pub fn send(&mut self, addr: Addr, message: &[u8]) -> Result<(), LinkError> {
+        let arq = self
+            .peers
+            .get_mut(&addr)
+            .and_then(|p| p.arq.as_mut())
+            .ok_or(LinkError::NoSuchPeer(addr))?;
+        arq.send(message)?;
+        Ok(())
+    }
+
+    /// Message bytes queued for `addr` that are not in a frame yet (the caller stops feeding
+    /// a peer's sync session past a bound).
+    #[must_use]
+    pub fn backlog(&self, addr: Addr) -> usize {
+        self.peers
+            .get(&addr)
+            .and_then(|p| p.arq.as_ref())
+            .map_or(0, Arq::backlog)
+    }
+
+    /// Whether `addr`'s stream wants more messages now: less than a window of frames waits,
+    /// so the next burst can be full (on a radio, a burst ends in one acknowledgement).
+    #[must_use]
+    pub fn wants_messages(&self, addr: Addr) -> bool {
+        self.peers
+            .get(&addr)
+            .and_then(|p| p.arq.as_ref())
+            .is_some_and(|arq| arq.backlog() < arq.config().window * self.frame_payload())
+    }
+
+    /// Ends the session with a peer (the node keeps another link to the same person).
+    pub fn close_peer(&mut self, addr: Addr, reason: &str) {
+        if let Some(peer) = self.peers.remove(&addr) {
+            self.retire(addr, peer, reason.to_string());
+        }
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<LinkEvent> {
+        self.events.pop_front()
+    }
+
+    fn retire(&mut self, addr: Addr, peer: Peer, reason: String) {
+        if let Some(arq) = &peer.arq {
+            let s = arq.stats();
+            self.ended_arq.data_frames += s.data_frames;
+            self.ended_arq.retransmissions += s.retransmissions;
+            self.ended_arq.ack_frames += s.ack_frames;
+            self.ended_arq.duplicates += s.duplicates;
+            self.events.push_back(LinkEvent::PeerDown { addr, reason });
+        }
+    }
+
+    fn new_session(&mut self, now: u64, role: Role) -> Result<HopSession, HopError> {
+        let mut config = HopConfig::new(
+            role,
+            self.config.local.clone(),
+            self.config.network_key.clone(),
+            Framing::Datagram {
+                mtu: self.config.hop_mtu(),
+            },
+        );
+        if let Some(params) = self.config.params() {
+            // Retransmit a handshake message only after the whole exchange could have
+            // happened: three largest frames on air and the peer's pacing.
+            let exchange_ms = 3 * lora::airtime_us(&params, self.config.max_frame) / 1_000;
+            config.handshake_retransmit_ms = (exchange_ms * 2).max(5_000);
+            config.handshake_timeout_ms = (exchange_ms * 20).max(120_000);
+        } else {
+            config.handshake_retransmit_ms = 1_000;
+            config.handshake_timeout_ms = 30_000;
+        }
+        let mut seed = [0u8; 32];
+        self.rng.fill_bytes(&mut seed);
+        self.stats.handshakes += 1;
+        HopSession::new(config, now, seed)
+    }
+
+    fn arq_config(&self) -> ArqConfig {
+        let max_frame = self.config.max_frame - TRANSPORT_OVERHEAD - DATAGRAM_OVERHEAD;
+        match self.config.params() {
+            None if self.config.cable_bps.is_some() => {
+                // A whole window on the line, the answer, and slack.
+                let frame_ms = self.config.airtime_us(self.config.max_frame) / 1_000;
+                let fast = ArqConfig::fast(max_frame);
+                ArqConfig {
+                    ack_delay_ms: frame_ms * 2 + fast.ack_delay_ms,
+                    rto_ms: (frame_ms * (fast.window as u64 + 2) * 2).max(fast.rto_ms),
+                    max_rto_ms: (frame_ms * 64).max(fast.max_rto_ms),
+                    ..fast
+                }
+            }
+            None => ArqConfig::fast(max_frame),
+            Some(params) => ArqConfig::radio(
+                max_frame,
+                lora::airtime_us(&params, self.config.max_frame) / 1_000,
+            ),
+        }
+    }
+
+    /// Starts a handshake with `addr` as initiator.
+    fn initiate(&mut self, now: u64, addr: Addr) {
+        if self.peers.len() >= self.config.max_peers {
+            return;
+        }
+        if let Ok(hop) = self.new_session(now, Role::Initiator) {
+            self.heard.remove(&addr);
+            self.peers.insert(
+                addr,
+                Peer {
+                    hop,
+                    initiator: true,
+                    arq: None,
+                    successor: None,
+                },
+            );
+        }
+    }
+
+    /// One frame from the bearer.
+    pub fn handle_frame(&mut self, now: u64, bytes: &[u8]) {
+        self.stats.frames_heard += 1;
+        if self.config.params().is_some() {
+            // Let whoever else heard this speak first, or not at the same instant as us.
+            let slot = self.config.airtime_us(frame::BEACON_LEN + FRAME_OVERHEAD) / 1_000 + 20;
+            let wait = self.rng.next_u64() % (slot * 3 + 1);
+            self.quiet_until = self.quiet_until.max(now + wait);
+        }
+        let Ok(frame) = LinkFrame::parse(bytes) else {
+            self.stats.frames_ignored += 1;
+            return;
+        };
+        match frame {
+            LinkFrame::Beacon { src, net } => {
+                if net != self.net || src == self.addr {
+                    self.stats.frames_ignored += 1;
+                    return;
+                }
+                self.heard_beacon(now, src);
+            }
+            LinkFrame::Handshake { dst, src, datagram } => {
+                if dst != self.addr {
+                    return;
+                }
+                self.handshake_frame(now, src, &datagram);
+            }
+            LinkFrame::Transport { src, datagram } => {
+                if let Some(peer) = self.peers.get_mut(&src) {
+                    peer.hop.handle_input(now, &datagram);
+                    self.drain_peer(now, src);
+                }
+            }
+        }
+    }
+
+    fn heard_beacon(&mut self, now: u64, src: Addr) {
+        if self.peers.contains_key(&src) {
+            return;
+        }
+        if self.addr < src {
+            self.initiate(now, src);
+            return;
+        }
+        // The lower address starts; make sure it hears us, and start ourselves if a second
+        // beacon shows it did not (it may have lost our session while we lost its).
+        match self.heard.get(&src) {
+            Some(&first) if now > first => self.initiate(now, src),
+            Some(_) => {}
+            None => {
+                self.heard.insert(src, now);
+                // Bounded: strangers' beacons cannot grow this without limit.
+                while self.heard.len() > 4 * self.config.max_peers {
+                    self.heard.pop_first();
+                }
+                let recent = self
+                    .last_beacon
+                    .is_some_and(|at| now < at + self.config.beacon_interval_ms / 10);
+                if !recent {
+                    self.next_beacon = self.next_beacon.min(now);
+                }
+            }
+        }
+    }
+
+    fn handshake_frame(&mut self, now: u64, src: Addr, datagram: &[u8]) {
+        let is_first = datagram.first() == Some(&1);
+        let lower = self.addr < src;
+        enum Action {
+            Feed,
+            Replace,
+            Succeed,
+            Answer,
+            Drop,
+        }
+        let action = match self.peers.get(&src) {
+            // Messages 2 and 3 (and repeats) of a handshake in progress, or a repeated
+            // message 1 of a replacement already underway.
+            Some(peer) if !is_first || peer.successor.is_some() => Action::Feed,
+            // Both started at once: the lower address keeps the initiator role.
+            Some(peer) if peer.initiator && peer.arq.is_none() => {
+                if lower {
+                    Action::Drop
+                } else {
+                    Action::Replace
+                }
+            }
+            // A message 1 from a peer we have a session with: it lost its side. Run the new
+            // handshake next to the old session and switch when it completes, so a replayed
+            // message 1 cannot cut a working session.
+            Some(_) => Action::Succeed,
+            None if is_first && self.peers.len() < self.config.max_peers => Action::Answer,
+            None => Action::Drop,
+        };
+        match action {
+            Action::Drop => return,
+            Action::Feed => {
+                if let Some(peer) = self.peers.get_mut(&src) {
+                    let target = match peer.successor.as_deref_mut() {
+                        Some(next) if is_first || !next.initiator => next,
+                        _ => peer,
+                    };
+                    target.hop.handle_input(now, datagram);
+                }
+            }
+            Action::Replace | Action::Succeed | Action::Answer => {
+                let Ok(mut hop) = self.new_session(now, Role::Responder) else {
+                    return;
+                };
+                hop.handle_input(now, datagram);
+                let fresh = Peer {
+                    hop,
+                    initiator: false,
+                    arq: None,
+                    successor: None,
+                };
+                self.heard.remove(&src);
+                match (action, self.peers.get_mut(&src)) {
+                    (Action::Succeed, Some(peer)) => peer.successor = Some(Box::new(fresh)),
+                    _ => {
+                        self.peers.insert(src, fresh);
+                    }
+                }
+            }
+        }
+        self.drain_peer(now, src);
+    }
+
+    /// Moves a peer's hop events into its ARQ and out as link events.
+    fn drain_peer(&mut self, now: u64, addr: Addr) {
+        let arq_config = self.arq_config();
+        let mut ended: Option<String> = None;
+        let mut up = None;
+        let mut messages = Vec::new();
+        let mut peer_more = false;
+        let Some(peer) = self.peers.get_mut(&addr) else {
+            return;
+        };
+        // A successor that completed replaces the session; one that failed is dropped.
+        let mut replaced = None;
+        if let Some(next) = peer.successor.as_deref_mut() {
+            while let Some(event) = next.hop.poll_event() {
+                if let HopEvent::Established { peer: credential } = event {
+                    replaced = Some(credential);
+                }
+            }
+            if next.hop.is_closed() {
+                peer.successor = None;
+            }
+        }
+        if let Some(credential) = replaced {
+            if let Some(next) = peer.successor.take() {
+                let old = std::mem::replace(peer, *next);
+                peer.arq = Some(Arq::new(arq_config));
+                let initiator = peer.initiator;
+                self.retire(addr, old, "the peer started a new session".into());
+                self.events.push_back(LinkEvent::PeerUp {
+                    addr,
+                    peer: credential,
+                    initiator,
+                });
+            }
+        }
+        let Some(peer) = self.peers.get_mut(&addr) else {
+            return;
+        };
+        while let Some(event) = peer.hop.poll_event() {
+            match event {
+                HopEvent::Established { peer: credential } => {
+                    peer.arq = Some(Arq::new(arq_config));
+                    up = Some(credential);
+                }
+                HopEvent::Frame(frame) => {
+                    let Some(arq) = peer.arq.as_mut() else {
+                        continue;
+                    };
+                    peer_more |= frame.first().is_some_and(|b| b & 0xC0 == 0xC0);
+                    if let Err(error) = arq.handle_frame(now, &frame) {
+                        ended = Some(error.to_string());
+                        break;
+                    }
+                    messages.extend(std::iter::from_fn(|| arq.poll_message()));
+                }
+                HopEvent::Closed(error) => {
+                    ended = Some(error.to_string());
+                    break;
+                }
+            }
+        }
+        let initiator = peer.initiator;
+        if let Some(credential) = up {
+            self.events.push_back(LinkEvent::PeerUp {
+                addr,
+                peer: credential,
+                initiator,
+            });
+        }
+        for message in messages {
+            self.events.push_back(LinkEvent::Message { addr, message });
+        }
+        if peer_more && self.config.params().is_some() {
+            // The peer's burst goes on: keep the channel clear for it.
+            let frame_ms = self.config.airtime_us(self.config.max_frame) / 1_000;
+            self.quiet_until = self.quiet_until.max(now + frame_ms + 50);
+        }
+        if let Some(reason) = ended {
+            if let Some(peer) = self.peers.remove(&addr) {
+                // A handshake that failed never announced the peer: `retire` says nothing.
+                self.retire(addr, peer, reason);
+            }
+        }
+    }
+
+    /// When [`FrameLink::handle_timeout`] or [`FrameLink::poll_transmit`] next has work.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let mut next = Some(self.beacon_due_at());
+        let mut consider = |t: Option<u64>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n: u64| n.min(t)));
+            }
+        };
+        for peer in self.peers.values() {
+            consider(peer.hop.poll_timeout());
+            consider(peer.arq.as_ref().and_then(Arq::poll_timeout));
+            if let Some(next) = &peer.successor {
+                consider(next.hop.poll_timeout());
+            }
+        }
+        consider(self.wake_at);
+        next
+    }
+
+    fn beacon_due_at(&self) -> u64 {
+        if self.config.medium == Medium::Cable && !self.peers.is_empty() {
+            u64::MAX
+        } else {
+            self.next_beacon
+        }
+    }
+
+    /// Earliest instant the channel lets us start a frame.
+    fn channel_free_at(&self) -> u64 {
+        self.busy_until.max(self.quiet_until)
+    }
+
+    /// Timers: handshake retransmissions and deadlines, ARQ retransmissions and
+    /// acknowledgements.
+    pub fn handle_timeout(&mut self, now: u64) {
+        let addrs: Vec<Addr> = self.peers.keys().copied().collect();
+        for addr in addrs {
+            let mut failed = None;
+            if let Some(peer) = self.peers.get_mut(&addr) {
+                if peer.hop.poll_timeout().is_some_and(|t| now >= t) {
+                    peer.hop.handle_timeout(now);
+                }
+                if let Some(next) = peer.successor.as_deref_mut() {
+                    if next.hop.poll_timeout().is_some_and(|t| now >= t) {
+                        next.hop.handle_timeout(now);
+                    }
+                    if next.hop.is_closed() {
+                        peer.successor = None;
+                    }
+                }
+                if let Some(arq) = peer.arq.as_mut() {
+                    if let Err(error) = arq.handle_timeout(now) {
+                        failed = Some(error.to_string());
+                    }
+                }
+            }
+            if let Some(reason) = failed {
+                if let Some(peer) = self.peers.remove(&addr) {
+                    self.retire(addr, peer, reason);
+                }
+            } else {
+                self.drain_peer(now, addr);
+            }
+        }
+    }
+
+    /// The next frame to hand to the bearer now, if the channel and the duty cycle allow.
+    pub fn poll_transmit(&mut self, now: u64) -> Option<Vec<u8>> {
+        self.wake_at = None;
+        if now < self.channel_free_at() {
+            // Whatever is waiting goes once the channel is ours.
+            self.wake_at = Some(self.channel_free_at());
+            return None;
+        }
+        if self.staged.is_none() {
+            self.staged = self.next_frame(now);
+        }
+        let frame = self.staged.take()?;
+        let airtime_us = self.config.airtime_us(frame.len());
+        if let Some(duty) = self.duty.as_mut() {
+            let at = duty.earliest(now, airtime_us);
+            if at > now {
+                self.stats.duty_cycle_waits += 1;
+                self.busy_until = at;
+                self.wake_at = Some(at);
+                self.staged = Some(frame);
+                return None;
+            }
+            duty.record(now, airtime_us);
+        }
+        self.busy_until = now + airtime_us.div_ceil(1_000);
+        self.stats.frames_sent += 1;
+        self.stats.bytes_sent += frame.len() as u64;
+        self.stats.airtime_us += airtime_us;
+        Some(frame)
+    }
+
+    /// Picks what goes next: a due beacon, handshake messages, then acknowledgements and data
+    /// from the peers in turn.
+    fn next_frame(&mut self, now: u64) -> Option<Vec<u8>> {
+        // Hop output first (handshakes, their repeats, frames already sealed).
+        let addrs: Vec<Addr> = self.peers.keys().copied().collect();
+        for &addr in &addrs {
+            let peer = self.peers.get_mut(&addr)?;
+            let successor = peer
+                .successor
+                .as_deref_mut()
+                .and_then(|n| n.hop.poll_transmit());
+            if let Some(datagram) = successor.or_else(|| peer.hop.poll_transmit()) {
+                return Some(self.wrap(addr, datagram));
+            }
+        }
+        if now >= self.beacon_due_at() {
+            self.last_beacon = Some(now);
+            let jitter = self.config.beacon_interval_ms / 5;
+            self.next_beacon = now + self.config.beacon_interval_ms - jitter
+                + self.rng.next_u64() % (2 * jitter + 1);
+            self.stats.beacons_sent += 1;
+            return Some(
+                LinkFrame::Beacon {
+                    src: self.addr,
+                    net: self.net,
+                }
+                .encode(),
+            );
+        }
+        // Then the ARQ streams, starting after the peer served last.
+        let start = self
+            .turn
+            .and_then(|t| addrs.iter().position(|&a| a > t))
+            .unwrap_or(0);
+        for i in 0..addrs.len() {
+            let addr = addrs[(start + i) % addrs.len()];
+            let peer = self.peers.get_mut(&addr)?;
+            let Some(arq) = peer.arq.as_mut() else {
+                continue;
+            };
+            let Some(frame) = arq.poll_transmit(now) else {
+                continue;
+            };
+            if peer.hop.send(&frame).is_err() {
+                continue;
+            }
+            self.turn = Some(addr);
+            if let Some(datagram) = peer.hop.poll_transmit() {
+                return Some(self.wrap(addr, datagram));
+            }
+        }
+        None
+    }
+
+    fn wrap(&self, addr: Addr, datagram: Vec<u8>) -> Vec<u8> {
+        if matches!(datagram.first(), Some(1..=3)) {
+            LinkFrame::Handshake {
+                dst: addr,
+                src: self.addr,
+                datagram,
+            }
+            .encode()
+        } else {
+            LinkFrame::Transport {
+                src: self.addr,
+                datagram,
+            }
+            .encode()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

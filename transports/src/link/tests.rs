@@ -1,0 +1,375 @@
+//! Frame links over a small simulated channel: half duplex, collisions, loss, topology.
+
+use std::collections::BTreeMap;
+
+use cairn_firmware_bridge::{LoraParams, Medium};
+use ed25519_dalek::SigningKey;
+
+use super::*;
+
+struct Node {
+    link: FrameLink,
+    identity: [u8; 32],
+    up: BTreeMap<Addr, ([u8; 32], bool)>,
+    got: Vec<(Addr, Vec<u8>)>,
+    downs: u32,
+}
+
+struct Air {
+    start: u64,
+    end: u64,
+    from: usize,
+    frame: Vec<u8>,
+}
+
+/// A channel: who hears whom, loss as (numerator per 1000), and time in ms.
+struct Net {
+    nodes: Vec<Node>,
+    hears: Vec<Vec<bool>>,
+    loss_per_mille: u64,
+    rng: u64,
+    now: u64,
+    on_air: Vec<Air>,
+    collisions: u64,
+    /// A cable: both directions at once, nothing collides.
+    full_duplex: bool,
+    /// Frames ending in this interval are lost (a cut cable).
+    blackout: Option<(u64, u64)>,
+}
+
+fn keys(i: u8) -> LocalKeys {
+    LocalKeys::from_identity(&SigningKey::from_bytes(&[i + 1; 32]), [i + 100; 32])
+}
+
+impl Net {
+    fn new(
+        count: usize,
+        medium: Medium,
+        max_frame: usize,
+        hears: impl Fn(usize, usize) -> bool,
+    ) -> Self {
+        let nodes = (0..count)
+            .map(|i| {
+                let keys = keys(i as u8);
+                let identity = keys.credential.identity;
+                let config =
+                    LinkConfig::new(keys, NetworkKey::default_network(), medium, max_frame);
+                Node {
+                    link: FrameLink::new(config, 0, [i as u8 + 7; 32]).unwrap(),
+                    identity,
+                    up: BTreeMap::new(),
+                    got: Vec::new(),
+                    downs: 0,
+                }
+            })
+            .collect();
+        let hears = (0..count)
+            .map(|a| (0..count).map(|b| a != b && hears(a, b)).collect())
+            .collect();
+        Net {
+            nodes,
+            hears,
+            loss_per_mille: 0,
+            rng: 99,
+            now: 0,
+            on_air: Vec::new(),
+            collisions: 0,
+            full_duplex: medium == Medium::Cable,
+            blackout: None,
+        }
+    }
+
+    fn lost(&mut self) -> bool {
+        self.rng = self
+            .rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.rng >> 33) % 1000 < self.loss_per_mille
+    }
+
+    fn addr(&self, i: usize) -> Addr {
+        self.nodes[i].link.addr()
+    }
+
+    /// Runs until `until` ms, or until `done` holds.
+    fn run(&mut self, until: u64, mut done: impl FnMut(&Net) -> bool) {
+        while self.now < until {
+            // Everyone transmits what it may now.
+            for i in 0..self.nodes.len() {
+                while let Some(frame) = self.nodes[i].link.poll_transmit(self.now) {
+                    let airtime = self.nodes[i]
+                        .link
+                        .config()
+                        .airtime_us(frame.len())
+                        .div_ceil(1000);
+                    self.on_air.push(Air {
+                        start: self.now,
+                        end: self.now + airtime.max(1),
+                        from: i,
+                        frame,
+                    });
+                }
+            }
+            // Deliver what finished.
+            let now = self.now;
+            let finished: Vec<Air> = {
+                let (done_air, rest): (Vec<Air>, Vec<Air>) =
+                    self.on_air.drain(..).partition(|a| a.end <= now);
+                self.on_air = rest;
+                done_air
+            };
+            for air in &finished {
+                for to in 0..self.nodes.len() {
+                    if !self.hears[to][air.from] {
+                        continue;
+                    }
+                    let overlapping = |other: &Air| {
+                        !std::ptr::eq(other, air) && other.start < air.end && air.start < other.end
+                    };
+                    // Half duplex: the receiver was transmitting; collision: another audible
+                    // transmission overlapped.
+                    let deaf = finished
+                        .iter()
+                        .chain(self.on_air.iter())
+                        .any(|o| overlapping(o) && (o.from == to || self.hears[to][o.from]));
+                    if deaf && !self.full_duplex {
+                        self.collisions += 1;
+                        continue;
+                    }
+                    if self.lost() || self.blackout.is_some_and(|(a, b)| (a..b).contains(&now)) {
+                        continue;
+                    }
+                    self.nodes[to].link.handle_frame(now, &air.frame);
+                }
+            }
+            for node in &mut self.nodes {
+                while let Some(event) = node.link.poll_event() {
+                    match event {
+                        LinkEvent::PeerUp {
+                            addr,
+                            peer,
+                            initiator,
+                        } => {
+                            node.up.insert(addr, (peer.identity, initiator));
+                        }
+                        LinkEvent::Message { addr, message } => node.got.push((addr, message)),
+                        LinkEvent::PeerDown { addr, .. } => {
+                            node.up.remove(&addr);
+                            node.downs += 1;
+                        }
+                    }
+                }
+            }
+            if done(self) {
+                return;
+            }
+            if !finished.is_empty() {
+                // What was heard may be answered at once: poll again before time moves.
+                continue;
+            }
+            // Next instant anything happens.
+            let mut next = until;
+            for node in &self.nodes {
+                if let Some(t) = node.link.poll_timeout() {
+                    next = next.min(t.max(self.now + 1));
+                }
+            }
+            for air in &self.on_air {
+                next = next.min(air.end);
+            }
+            self.now = next.max(self.now + 1);
+            for node in &mut self.nodes {
+                node.link.handle_timeout(self.now);
+            }
+        }
+    }
+
+    fn linked(&self, a: usize, b: usize) -> bool {
+        let (ia, ib) = (self.nodes[a].identity, self.nodes[b].identity);
+        self.nodes[a]
+            .up
+            .get(&self.addr(b))
+            .is_some_and(|p| p.0 == ib)
+            && self.nodes[b]
+                .up
+                .get(&self.addr(a))
+                .is_some_and(|p| p.0 == ia)
+    }
+}
+
+#[test]
+fn two_ends_of_a_cable_find_each_other_and_exchange_messages() {
+    let mut net = Net::new(2, Medium::Cable, 1024, |_, _| true);
+    net.run(10_000, |n| n.linked(0, 1));
+    assert!(net.linked(0, 1), "no session after 10 s");
+    // Exactly one side initiated.
+    let a_init = net.nodes[0].up[&net.addr(1)].1;
+    let b_init = net.nodes[1].up[&net.addr(0)].1;
+    assert_ne!(a_init, b_init);
+    let (a1, a0) = (net.addr(1), net.addr(0));
+    let big = vec![7u8; 5_000];
+    net.nodes[0].link.send(a1, b"hello over the cable").unwrap();
+    net.nodes[0].link.send(a1, &big).unwrap();
+    net.nodes[1].link.send(a0, b"and back").unwrap();
+    net.run(60_000, |n| {
+        n.nodes[1].got.len() == 2 && n.nodes[0].got.len() == 1
+    });
+    assert_eq!(
+        net.nodes[1].got,
+        vec![(a0, b"hello over the cable".to_vec()), (a0, big)]
+    );
+    assert_eq!(net.nodes[0].got, vec![(a1, b"and back".to_vec())]);
+    // Beacons stop once the cable has its peer.
+    let beacons = net.nodes[0].link.stats().beacons_sent;
+    net.run(net.now + 60_000, |_| false);
+    assert_eq!(net.nodes[0].link.stats().beacons_sent, beacons);
+}
+
+#[test]
+fn three_radios_in_range_pair_up_and_idle_silently() {
+    let mut net = Net::new(3, Medium::Radio(Some(LoraParams::sf7())), 200, |_, _| true);
+    net.run(10 * 60_000, |n| {
+        n.linked(0, 1) && n.linked(1, 2) && n.linked(0, 2)
+    });
+    assert!(net.linked(0, 1) && net.linked(1, 2) && net.linked(0, 2));
+    let t = net.now;
+    let a2 = net.addr(2);
+    net.nodes[0].link.send(a2, &[1u8; 100]).unwrap();
+    net.run(t + 60_000, |n| !n.nodes[2].got.is_empty());
+    assert_eq!(net.nodes[2].got, vec![(net.addr(0), vec![1u8; 100])]);
+    // An idle hour: beacons only (SF7: one a minute or so each), no keepalives.
+    let before: Vec<LinkStats> = net.nodes.iter().map(|n| n.link.stats()).collect();
+    let t = net.now + 10_000;
+    net.run(t, |_| false);
+    let mid: Vec<LinkStats> = net.nodes.iter().map(|n| n.link.stats()).collect();
+    net.run(t + 3_600_000, |_| false);
+    for (node, start) in net.nodes.iter().zip(&mid) {
+        let s = node.link.stats();
+        assert_eq!(
+            s.frames_sent - start.frames_sent,
+            s.beacons_sent - start.beacons_sent
+        );
+        assert!(s.beacons_sent - start.beacons_sent <= 75, "{s:?}");
+    }
+    let _ = before;
+}
+
+#[test]
+fn only_neighbours_link_on_a_line() {
+    let mut net = Net::new(3, Medium::Radio(Some(LoraParams::sf7())), 200, |a, b| {
+        a.abs_diff(b) == 1
+    });
+    net.run(10 * 60_000, |n| n.linked(0, 1) && n.linked(1, 2));
+    assert!(net.linked(0, 1) && net.linked(1, 2));
+    assert!(!net.nodes[0].up.contains_key(&net.addr(2)));
+    assert!(!net.nodes[2].up.contains_key(&net.addr(0)));
+}
+
+#[test]
+fn a_lossy_radio_still_delivers_every_message_in_order() {
+    let mut net = Net::new(2, Medium::Radio(Some(LoraParams::sf7())), 200, |_, _| true);
+    net.loss_per_mille = 200;
+    net.run(60 * 60_000, |n| n.linked(0, 1));
+    assert!(net.linked(0, 1));
+    let a1 = net.addr(1);
+    let sent: Vec<Vec<u8>> = (0..30).map(|i| vec![i as u8; 40 + i * 7]).collect();
+    for m in &sent {
+        net.nodes[0].link.send(a1, m).unwrap();
+    }
+    net.run(net.now + 3_600_000, |n| n.nodes[1].got.len() == sent.len());
+    let got: Vec<Vec<u8>> = net.nodes[1].got.iter().map(|(_, m)| m.clone()).collect();
+    assert_eq!(got, sent);
+    assert!(net.nodes[0].link.stats().arq.retransmissions > 0);
+}
+
+#[test]
+fn the_duty_cycle_holds_under_a_backlog() {
+    let mut net = Net::new(2, Medium::Radio(Some(LoraParams::sf12())), 200, |_, _| true);
+    net.run(4 * 3_600_000, |n| n.linked(0, 1));
+    assert!(net.linked(0, 1), "SF12 handshake within 4 hours");
+    let a1 = net.addr(1);
+    for _ in 0..50 {
+        net.nodes[0].link.send(a1, &[9u8; 150]).unwrap();
+    }
+    let start = net.now;
+    let airtime_before = net.nodes[0].link.stats().airtime_us;
+    net.run(start + 3_600_000, |_| false);
+    let s = net.nodes[0].link.stats();
+    // At most 36 s on air in the hour (plus what the window carried in from before).
+    assert!(s.airtime_us - airtime_before <= 36_000_000, "{s:?}");
+    assert!(s.duty_cycle_waits > 0);
+    // ... and the link kept working within it: some messages arrived.
+    assert!(!net.nodes[1].got.is_empty());
+}
+
+#[test]
+fn a_peer_that_restarts_gets_a_new_session() {
+    let mut net = Net::new(2, Medium::Cable, 512, |_, _| true);
+    net.run(10_000, |n| n.linked(0, 1));
+    assert!(net.linked(0, 1));
+    // Node 1 restarts: same keys, new link state (new address).
+    let config = net.nodes[1].link.config().clone();
+    net.nodes[1].link = FrameLink::new(config, net.now, [42; 32]).unwrap();
+    net.nodes[1].up.clear();
+    let a1_old = net.nodes[0].up.keys().next().copied().unwrap();
+    // Node 0's next send to the old session fails and is reported; the new one links.
+    net.nodes[0].link.send(a1_old, b"are you there?").unwrap();
+    net.run(net.now + 120_000, |n| {
+        n.linked(0, 1) && n.nodes[0].downs > 0
+    });
+    assert!(net.linked(0, 1));
+    assert!(net.nodes[0].downs > 0);
+}
+
+#[test]
+fn garbage_and_strangers_are_ignored() {
+    let config = LinkConfig::new(keys(0), NetworkKey::default_network(), Medium::Cable, 256);
+    let mut link = FrameLink::new(config, 0, [1; 32]).unwrap();
+    let mut state = 7u64;
+    for len in 0..2_000usize {
+        let frame: Vec<u8> = (0..len % 300)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                (state >> 56) as u8
+            })
+            .collect();
+        link.handle_frame(len as u64, &frame);
+        while link.poll_transmit(len as u64).is_some() {}
+    }
+    // A beacon from another network starts nothing.
+    let other = LinkFrame::Beacon {
+        src: Addr(1),
+        net: 0x1234,
+    };
+    link.handle_frame(5_000, &other.encode());
+    assert!(link.peers().next().is_none());
+    assert!(link.poll_event().is_none());
+}
+
+#[test]
+fn frames_too_small_for_a_handshake_are_refused() {
+    let config = LinkConfig::new(keys(0), NetworkKey::default_network(), Medium::Cable, 199);
+    assert_eq!(
+        FrameLink::new(config, 0, [0; 32]).unwrap_err(),
+        LinkError::FrameTooSmall(199)
+    );
+}
+
+#[test]
+fn a_cable_cut_in_the_middle_of_a_backlog_resumes_where_it_stopped() {
+    let mut net = Net::new(2, Medium::Cable, 1024, |_, _| true);
+    net.run(10_000, |n| n.linked(0, 1));
+    assert!(net.linked(0, 1));
+    let a1 = net.addr(1);
+    let sent: Vec<Vec<u8>> = (0..120u32).map(|i| vec![i as u8; 650]).collect();
+    for m in &sent {
+        net.nodes[0].link.send(a1, m).unwrap();
+    }
+    let t = net.now;
+    net.blackout = Some((t + 5, t + 3_000));
+    net.loss_per_mille = 50;
+    net.run(t + 120_000, |n| n.nodes[1].got.len() == sent.len());
+    let got: Vec<Vec<u8>> = net.nodes[1].got.iter().map(|(_, m)| m.clone()).collect();
+    assert_eq!(got.len(), sent.len(), "{:?}", net.nodes[0].link.stats());
+    assert_eq!(got, sent);
+}
