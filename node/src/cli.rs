@@ -102,7 +102,12 @@ pub enum Command {
     #[command(long_about = "Run the node until interrupted (Ctrl-C or SIGTERM).\n\n\
         With no transport named the LAN is used. Naming any transport (--lan, --serial, \
         --ble) uses just those; the LAN options (--interface, --listen, --peer) turn on \
-        the LAN.")]
+        the LAN.\n\n\
+        Serial bearers: --serial PATH[:BAUD] --radio KIND, repeatable, paired in order. \
+        KIND is raw (a cable to another Cairn device), kiss (a KISS TNC), rnode (an RNode, \
+        configured with --frequency, --bandwidth, --sf, --cr and --tx-power) or meshtastic \
+        (a stock Meshtastic device, which keeps its own LoRa preset). Every radio of a team \
+        must use the same LoRa settings.")]
     Run(RunCli),
     /// Talk to a radio on a serial port
     #[command(subcommand)]

@@ -6,6 +6,7 @@
 pub mod app;
 pub mod contact;
 pub mod daemon;
+pub mod direct;
 pub mod home;
 pub mod identity;
 pub mod seal;

@@ -263,6 +263,29 @@ impl std::fmt::Debug for PairKeys {
     }
 }
 
+/// Seals under one day's key of a direction (the sender's outgoing key).
+fn seal_with(key: &DayKey, header: &SealedHeader, plaintext: &[u8]) -> Result<Sealed, SealError> {
+    if plaintext.len() > cairn_sync::envelope::MAX_BODY_LEN - SEAL_OVERHEAD {
+        return Err(SealError::TooLarge(plaintext.len()));
+    }
+    let ad = header.associated_data();
+    let receipt_lock = key.proof(&ad, plaintext).lock();
+    let ciphertext = key
+        .cipher()
+        .encrypt(
+            Nonce::from_slice(&receipt_lock.0),
+            Payload {
+                msg: plaintext,
+                aad: &ad,
+            },
+        )
+        .map_err(|_| SealError::TooLarge(plaintext.len()))?;
+    let mut body = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
+    body.push((FORMAT_V1 << 4) | (key.period % 16) as u8);
+    body.extend_from_slice(&ciphertext);
+    Ok(Sealed { receipt_lock, body })
+}
+
 /// The first key of the `from → to` chain, for day `period`.
 fn direction_key(root: &[u8; 32], from: &[u8; 32], to: &[u8; 32], period: u64) -> DayKey {
     let mut material = [0u8; 32 + 32 + 32 + 8];
@@ -334,26 +357,7 @@ impl PairKeys {
     /// Seals `plaintext` for the peer under today's outgoing key. Deterministic: no
     /// randomness, the nonce is synthetic (see the module docs).
     pub fn seal(&self, header: &SealedHeader, plaintext: &[u8]) -> Result<Sealed, SealError> {
-        if plaintext.len() > cairn_sync::envelope::MAX_BODY_LEN - SEAL_OVERHEAD {
-            return Err(SealError::TooLarge(plaintext.len()));
-        }
-        let ad = header.associated_data();
-        let receipt_lock = self.outgoing.proof(&ad, plaintext).lock();
-        let ciphertext = self
-            .outgoing
-            .cipher()
-            .encrypt(
-                Nonce::from_slice(&receipt_lock.0),
-                Payload {
-                    msg: plaintext,
-                    aad: &ad,
-                },
-            )
-            .map_err(|_| SealError::TooLarge(plaintext.len()))?;
-        let mut body = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
-        body.push((FORMAT_V1 << 4) | (self.outgoing.period % 16) as u8);
-        body.extend_from_slice(&ciphertext);
-        Ok(Sealed { receipt_lock, body })
+        seal_with(&self.outgoing, header, plaintext)
     }
 
     /// Opens a body sealed by the peer, and checks its lock. The day comes from the header
@@ -395,6 +399,64 @@ impl PairKeys {
             return Err(SealError::Forged);
         }
         Ok(Opened { plaintext, proof })
+    }
+
+    /// Opens a body this side sealed for the peer today (the outgoing key of other days is
+    /// gone), for sending it again in another form ([`crate::direct`]).
+    ///
+    /// # Errors
+    ///
+    /// Not sealed today, or not by this side.
+    pub fn open_own(
+        &self,
+        header: &SealedHeader,
+        receipt_lock: &ReceiptLock,
+        body: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
+        if body.len() < SEAL_OVERHEAD {
+            return Err(SealError::TooShort(body.len()));
+        }
+        if body[0] != (FORMAT_V1 << 4) | (self.outgoing.period % 16) as u8 {
+            return Err(SealError::KeyExpired);
+        }
+        let ad = header.associated_data();
+        let plaintext = self
+            .outgoing
+            .cipher()
+            .decrypt(
+                Nonce::from_slice(&receipt_lock.0),
+                Payload {
+                    msg: &body[1..],
+                    aad: &ad,
+                },
+            )
+            .map_err(|_| SealError::Forged)?;
+        if self.outgoing.proof(&ad, &plaintext).lock() != *receipt_lock {
+            return Err(SealError::Forged);
+        }
+        Ok(plaintext)
+    }
+
+    /// Seals `plaintext` exactly as the peer would have on day `period` with its outgoing
+    /// key (our incoming key of that day): the same body and lock, byte for byte, because
+    /// sealing is deterministic. This is how a recipient rebuilds an envelope the sender
+    /// sent it in compact form ([`crate::direct`]).
+    ///
+    /// # Errors
+    ///
+    /// No incoming key for that day (outside the window), or a plaintext too large.
+    pub fn seal_as_peer(
+        &self,
+        header: &SealedHeader,
+        plaintext: &[u8],
+        period: u64,
+    ) -> Result<Sealed, SealError> {
+        let key = self
+            .incoming
+            .iter()
+            .find(|k| k.period == period)
+            .ok_or(SealError::KeyExpired)?;
+        seal_with(key, header, plaintext)
     }
 
     /// The state to persist: today's outgoing key and the window's incoming keys. Keys deleted

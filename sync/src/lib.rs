@@ -5,6 +5,7 @@
 //! arguments). The only I/O in this crate is the LMDB store behind the [`store::Store`] trait.
 
 pub mod codec;
+pub mod compact;
 pub mod envelope;
 pub mod policy;
 pub mod recon;

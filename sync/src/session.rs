@@ -21,11 +21,13 @@
 //!    item from another peer) starts another round while the link lasts.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::codec::{BoundedBytes, BoundedVec, CodecError};
+use crate::compact::Compactor;
 use crate::envelope::{Item, ItemError, ItemId, ReceiptProof, ScopeTag, Tombstone, MAX_ITEM_LEN};
 use crate::policy::{self, NodePolicy, PeerWants, Sociability, ACTIVITY_WINDOW_SECS};
 use crate::recon::{ReconError, ReconMessage, Reconciler, Salt, ShortId};
@@ -49,6 +51,9 @@ const MAX_RESUMABLE: usize = 256;
 /// more people than this in an hour is simply very busy.
 const MAX_ACTIVITY: usize = 1024;
 
+/// Items waiting to be pushed outside a round; more are left to reconciliation.
+const MAX_PUSH_QUEUE: usize = 4096;
+
 /// Items handed over with custody and not yet confirmed, per session; the peer cannot make
 /// this grow, since only our own sends add to it.
 const MAX_AWAITING_CUSTODY: usize = 4096;
@@ -69,6 +74,9 @@ pub struct SessionConfig {
     /// A round in progress with nothing heard from the peer for this long is abandoned.
     /// Links that are slow by nature (LoRa at SF12) need minutes.
     pub stall_timeout_ms: u64,
+    /// Rebuilds items from compact forms and makes them ([`crate::compact`]); pushed items
+    /// go whole without one.
+    pub compactor: Option<Arc<dyn Compactor>>,
 }
 
 impl SessionConfig {
@@ -77,6 +85,7 @@ impl SessionConfig {
             mtu,
             policy,
             stall_timeout_ms: 60_000,
+            compactor: None,
         }
     }
 }
@@ -562,6 +571,10 @@ pub struct SyncSession {
     /// get the envelope (which proves the tombstone false) rather than be skipped.
     forged_receipts: HashSet<ItemId>,
     round: Option<Round>,
+    /// Items to push whole, outside any round ([`SyncSession::push`]).
+    push_queue: VecDeque<ItemId>,
+    /// Compact items from the peer that did not rebuild (left to reconciliation).
+    compact_refused: u64,
     store_changed: bool,
     peer_wants_resync: bool,
     control: VecDeque<Message>,
@@ -599,6 +612,8 @@ impl SyncSession {
             sent: HashSet::new(),
             forged_receipts: HashSet::new(),
             round: None,
+            push_queue: VecDeque::new(),
+            compact_refused: 0,
             store_changed: false,
             peer_wants_resync: false,
             control: VecDeque::new(),
@@ -658,8 +673,25 @@ impl SyncSession {
             && self.round.is_none()
             && self.control.is_empty()
             && self.send_queue.is_empty()
+            && self.push_queue.is_empty()
             && !self.store_changed
             && !self.peer_wants_resync
+    }
+
+    /// Sends `id` to the peer whole, as soon as the session is up, without waiting for a
+    /// reconciliation round: for items the peer is known to want and lack, such as a new
+    /// message to the peer itself or the receipt of a message the peer sent. In the compact
+    /// form when the [`SessionConfig::compactor`] has one. An item that no longer exists,
+    /// or does not fit one frame, is skipped (reconciliation finds it as before).
+    pub fn push(&mut self, id: ItemId) {
+        if self.push_queue.len() < MAX_PUSH_QUEUE && !self.push_queue.contains(&id) {
+            self.push_queue.push_back(id);
+        }
+    }
+
+    /// Compact items from the peer that did not rebuild, so far.
+    pub fn compact_refused(&self) -> u64 {
+        self.compact_refused
     }
 
     /// The store changed outside this session: run another round when this one is over.
@@ -821,7 +853,46 @@ impl SyncSession {
                 // our budget: a link that fails between send and store costs nothing.
                 self.confirm(store, step, id, pending)
             }
+            Message::Push(data) => self.accept_pushed(now, data.into_inner(), store, step),
+            Message::Compact(data) => {
+                let rebuilt = self
+                    .config
+                    .compactor
+                    .as_ref()
+                    .and_then(|c| c.expand(&self.peer_key, data.as_slice(), now.as_secs()));
+                match rebuilt {
+                    Some(item) => self.accept_pushed(now, item.encode(), store, step),
+                    None => {
+                        self.compact_refused += 1;
+                        Ok(())
+                    }
+                }
+            }
         }
+    }
+
+    /// A whole item the peer pushed: stored like the last chunk of a transfer, with one copy
+    /// (it may deliver it, not spread it) and no custody.
+    fn accept_pushed<S: Store>(
+        &mut self,
+        now: Timestamp,
+        encoded: Vec<u8>,
+        store: &mut S,
+        step: &mut Step,
+    ) -> Result<(), SyncError> {
+        let received = Received {
+            encoded,
+            copies: 1,
+            custody: false,
+            claimed_id: None,
+        };
+        let counted = self.round.as_ref().map(|r| r.items_received);
+        self.accept_item(now, received, store, step)?;
+        // Not part of the round's transfer: keep its count to the round's own items.
+        if let (Some(round), Some(count)) = (self.round.as_mut(), counted) {
+            round.items_received = count;
+        }
+        Ok(())
     }
 
     fn own_wants(&self) -> PeerWants {
@@ -1545,6 +1616,9 @@ impl SyncSession {
             return Err(SyncError::Protocol("control message larger than the MTU"));
         }
         let mut step = Step::default();
+        if self.control.is_empty() && self.phase == Phase::Active {
+            self.fill_pushes(store, &mut frame, &mut step)?;
+        }
         if self.control.is_empty() {
             self.fill_chunks(store, &mut frame, &mut step)?;
         }
@@ -1561,6 +1635,47 @@ impl SyncSession {
             return Ok(self.control.pop_front().map(|m| single_message_frame(&m)));
         }
         Ok(Some(frame))
+    }
+
+    /// Pushed items, compact where the compactor makes them so, while they fit the frame.
+    fn fill_pushes<S: Store>(
+        &mut self,
+        store: &S,
+        frame: &mut Vec<u8>,
+        step: &mut Step,
+    ) -> Result<(), SyncError> {
+        while let Some(&id) = self.push_queue.front() {
+            let Some(stored) = store.get(&id)? else {
+                self.push_queue.pop_front();
+                continue;
+            };
+            let compact = match (&self.config.compactor, Item::decode(&stored.encoded)) {
+                (Some(c), Ok(item)) => c.compact(&self.peer_key, &item),
+                _ => None,
+            };
+            let message = match compact {
+                Some(data) => Message::Compact(BoundedBytes::new(data).map_err(SyncError::Codec)?),
+                None => Message::Push(
+                    BoundedBytes::new(stored.encoded.clone()).map_err(SyncError::Codec)?,
+                ),
+            };
+            let len = message.encoded_len();
+            if frame.len() + len > self.config.mtu {
+                if frame.is_empty() {
+                    // Larger than a frame: reconciliation sends it in chunks.
+                    self.push_queue.pop_front();
+                    continue;
+                }
+                return Ok(());
+            }
+            self.push_queue.pop_front();
+            wire::encode_into(&message, frame);
+            step.events.push(SyncEvent::ItemSent {
+                id,
+                bytes: stored.encoded.len(),
+            });
+        }
+        Ok(())
     }
 
     fn fill_chunks<S: Store>(

@@ -16,7 +16,7 @@
 use bincode::{Decode, Encode};
 
 use crate::codec::{self, BoundedBytes, BoundedVec, CodecError};
-use crate::envelope::{ItemId, ScopeTag};
+use crate::envelope::{ItemId, ScopeTag, MAX_ITEM_LEN};
 use crate::recon::ReconMessage;
 
 /// Version of this vocabulary. A peer speaking another one gets `Close` and a clear error.
@@ -112,6 +112,11 @@ pub enum Message {
     Custody {
         id: ItemId,
     },
+    /// A whole item outside any round, for the peer it concerns (a new message to its
+    /// recipient, a receipt to the message's sender): it need not wait for reconciliation.
+    Push(BoundedBytes<MAX_ITEM_LEN>),
+    /// The same, in a form only this peer can rebuild ([`crate::compact`]).
+    Compact(BoundedBytes<MAX_ITEM_LEN>),
 }
 
 impl Message {

@@ -743,3 +743,154 @@ fn acknowledging_with_the_wrong_proof_publishes_nothing() {
     assert!(bob.store.contains(&receipt).unwrap());
     assert!(!bob.store.in_inbox(&id).unwrap());
 }
+
+/// A compactor for tests: both ends share a list of items, and an item travels as its
+/// index in it.
+#[derive(Debug)]
+struct ListCompactor(Vec<Item>);
+
+impl cairn_sync::compact::Compactor for ListCompactor {
+    fn compact(&self, _peer: &[u8], item: &Item) -> Option<Vec<u8>> {
+        self.0
+            .iter()
+            .position(|i| i == item)
+            .map(|i| vec![0xC0, i as u8])
+    }
+
+    fn expand(&self, _peer: &[u8], data: &[u8], _now_secs: u64) -> Option<Item> {
+        match data {
+            [0xC0, i] => self.0.get(usize::from(*i)).cloned(),
+            _ => None,
+        }
+    }
+}
+
+/// Drives an established pair until both are idle; returns the frames (direction, bytes).
+fn idle_pair(
+    a: &mut Node,
+    b: &mut Node,
+    sa: &mut SyncSession,
+    sb: &mut SyncSession,
+) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    for _ in 0..10_000 {
+        let mut moved = false;
+        if let Some(f) = sa.poll_transmit(now(), &mut a.store).unwrap() {
+            sb.handle_frame(now(), &f, &mut b.store).unwrap();
+            frames.push((0, f));
+            moved = true;
+        }
+        if let Some(f) = sb.poll_transmit(now(), &mut b.store).unwrap() {
+            sa.handle_frame(now(), &f, &mut a.store).unwrap();
+            frames.push((1, f));
+            moved = true;
+        }
+        a.events.extend(std::iter::from_fn(|| sa.poll_event()));
+        b.events.extend(std::iter::from_fn(|| sb.poll_event()));
+        if !moved {
+            return frames;
+        }
+    }
+    panic!("the pair never went idle");
+}
+
+#[test]
+fn a_pushed_message_reaches_its_recipient_in_one_frame_without_a_round() {
+    let mut a = Node::new(1);
+    let mut b = Node::new(2);
+    let (mut sa, mut sb) = sessions(&a, &b, 200);
+    idle_pair(&mut a, &mut b, &mut sa, &mut sb);
+    // A new message for B, pushed and *not* announced as a store change.
+    let id = a.send(&envelope(1, 2, 100), now());
+    sa.push(id);
+    let frames = idle_pair(&mut a, &mut b, &mut sa, &mut sb);
+    assert_eq!(frames.len(), 1, "one frame, no reconciliation: {frames:?}");
+    assert_eq!(b.delivered(), vec![id]);
+    // The receipt goes back the same way.
+    let entry = b.store.inbox(1).unwrap().remove(0);
+    let Item::Envelope(env) = Item::decode(&entry.encoded).unwrap() else {
+        panic!()
+    };
+    let receipt = session::acknowledge(&mut b.store, &id, proof_for(&env.body), now()).unwrap();
+    sb.push(receipt);
+    let frames = idle_pair(&mut a, &mut b, &mut sa, &mut sb);
+    assert_eq!(frames.len(), 1);
+    assert!(a.events.contains(&SyncEvent::ReceiptForOwn { id }));
+    assert!(
+        !a.store.contains(&id).unwrap(),
+        "the receipt purged the sender's copy"
+    );
+}
+
+#[test]
+fn compact_items_are_rebuilt_and_checked_like_any_other() {
+    let mut a = Node::new(1);
+    let mut b = Node::new(2);
+    let fresh = envelope(1, 2, 100);
+    let list = std::sync::Arc::new(ListCompactor(vec![Item::Envelope(fresh.clone())]));
+    let config = |node: &Node| SessionConfig {
+        compactor: Some(list.clone()),
+        ..SessionConfig::new(200, node.policy.clone())
+    };
+    let mut sa = SyncSession::new(config(&a), Role::Initiator, b.key.clone(), 1, now()).unwrap();
+    let mut sb = SyncSession::new(config(&b), Role::Responder, a.key.clone(), 2, now()).unwrap();
+    idle_pair(&mut a, &mut b, &mut sa, &mut sb);
+    let id = a.send(&fresh, now());
+    sa.push(id);
+    let frames = idle_pair(&mut a, &mut b, &mut sa, &mut sb);
+    // The frame holds the compact message: tag, length, two bytes.
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].1.len(), 4, "{:?}", frames[0].1);
+    assert_eq!(b.delivered(), vec![id]);
+    // Bytes that do not rebuild are not an error: the item comes the long way.
+    let mut frame = Vec::new();
+    let bogus = cairn_sync::codec::BoundedBytes::new(vec![0xC0, 9]).unwrap();
+    cairn_sync::wire::encode_into(&cairn_sync::wire::Message::Compact(bogus), &mut frame);
+    let before = b.ids();
+    sb.handle_frame(now(), &frame, &mut b.store).unwrap();
+    assert_eq!(sb.compact_refused(), 1);
+    assert_eq!(b.ids(), before);
+    // A rebuilt item is checked like any other: one that expired long ago is refused.
+    let stale = Envelope {
+        created_at_secs: T0 - 60 * 24 * 3600,
+        ..envelope(2, 2, 100)
+    };
+    let list = ListCompactor(vec![Item::Envelope(stale)]);
+    let mut sc = SyncSession::new(
+        SessionConfig {
+            compactor: Some(std::sync::Arc::new(list)),
+            ..SessionConfig::new(200, b.policy.clone())
+        },
+        Role::Responder,
+        a.key.clone(),
+        3,
+        now(),
+    )
+    .unwrap();
+    let mut hello_a = SyncSession::new(
+        SessionConfig::new(200, a.policy.clone()),
+        Role::Initiator,
+        b.key.clone(),
+        4,
+        now(),
+    )
+    .unwrap();
+    let first = hello_a.poll_transmit(now(), &mut a.store).unwrap().unwrap();
+    sc.handle_frame(now(), &first, &mut b.store).unwrap();
+    let mut frame = Vec::new();
+    let data = cairn_sync::codec::BoundedBytes::new(vec![0xC0, 0]).unwrap();
+    cairn_sync::wire::encode_into(&cairn_sync::wire::Message::Compact(data), &mut frame);
+    sc.handle_frame(now(), &frame, &mut b.store).unwrap();
+    let refused: Vec<_> = std::iter::from_fn(|| sc.poll_event())
+        .filter(|e| {
+            matches!(
+                e,
+                SyncEvent::ItemRefused {
+                    reason: RefusedBecause::Expired,
+                    ..
+                }
+            )
+        })
+        .collect();
+    assert_eq!(refused.len(), 1);
+}

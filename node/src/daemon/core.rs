@@ -15,24 +15,15 @@ use cairn_sync::session::{self, SyncEvent};
 use cairn_sync::store::{ItemKind, Origin, Store, WriteBatch, WriteOp};
 use cairn_sync::time::Timestamp;
 
-use super::shared::{now_ms, NodeEvent, Shared};
+use super::shared::{now_ms, Change, NodeEvent, Shared};
 use crate::app::{AppDb, Incoming, Status};
 use crate::contact::{Contact, ContactBook};
 use crate::identity::{Identity, IdentityPublicKey};
 use crate::seal::{period_of, SealedHeader};
 
-/// How long carriers keep a message: a week, time for a chain of meetings to form.
-const MESSAGE_LIFETIME_SECS: u32 = 7 * 24 * 3600;
-
-/// Copies of each message in the network (spray and focus).
-const COPY_BUDGET: u8 = 8;
-
-/// Texts up to this long go first and fit a LoRa frame.
-const SHORT_TEXT: usize = 160;
-
-/// The first byte of every plaintext: the payload format.
-const PAYLOAD_V1: u8 = 1;
-const KIND_TEXT: u8 = 1;
+use crate::direct::{
+    DirectContact, COPY_BUDGET, KIND_TEXT, MESSAGE_LIFETIME_SECS, PAYLOAD_V1, SHORT_TEXT,
+};
 
 /// Everything the core task owns.
 pub struct Core {
@@ -160,6 +151,7 @@ impl Core {
             self.book = ContactBook::open(&self.home, self.identity.public_key())?;
             self.book_stamp = stamp;
             self.unsealable.clear();
+            self.refresh_direct();
         }
         self.seal_queued(stories)
     }
@@ -177,7 +169,30 @@ impl Core {
         }
         self.shared
             .set_policy(Core::policy_for(&self.identity, today));
+        self.refresh_direct();
         Ok(())
+    }
+
+    /// Hands the contacts' current keys to direct delivery ([`crate::direct`]).
+    fn refresh_direct(&self) {
+        let today = self.today;
+        let contacts: Vec<_> = self
+            .book
+            .list()
+            .into_iter()
+            .filter_map(|contact| {
+                let mut keys = contact.pair_keys()?;
+                keys.advance(today);
+                Some((
+                    *contact.identity().as_bytes(),
+                    DirectContact {
+                        keys,
+                        mailbox: contact.mailbox_key(),
+                    },
+                ))
+            })
+            .collect();
+        self.shared.direct.set_contacts(contacts);
     }
 
     /// The name the user gave a contact (`contacts add NAME`), else the one in its code.
@@ -210,6 +225,7 @@ impl Core {
             let mut ids = Vec::new();
             let mut envelopes = Vec::new();
             let mut labels = Vec::new();
+            let mut recipients = Vec::new();
             for message in queued {
                 if self.unsealable.contains(&message.id) {
                     continue;
@@ -241,6 +257,7 @@ impl Core {
                 plaintext.extend_from_slice(message.text.as_bytes());
                 let sealed = keys.seal(&header, &plaintext)?;
                 ids.push(message.id);
+                recipients.push(*contact.identity().as_bytes());
                 labels.push(self.contact_name(&contact.identity()));
                 envelopes.push(header.envelope(sealed));
             }
@@ -261,7 +278,15 @@ impl Core {
             let pairs: Vec<(u64, ItemId)> =
                 ids.iter().copied().zip(stored.iter().copied()).collect();
             self.app.mark_sealed_all(&pairs)?;
-            self.shared.store_changed();
+            // A recipient we are linked to right now gets its message straight away; a round
+            // with it would find nothing more, while carriers still need one.
+            for (recipient, id) in recipients.iter().zip(&stored) {
+                self.shared.push_to(*recipient, *id);
+            }
+            self.shared.changed(recipients.iter().map(|r| Change {
+                from: None,
+                pushed_to: Some(*r),
+            }));
             for ((envelope, id), to) in envelopes.iter().zip(stored).zip(labels) {
                 stories.push(Story::Sealed {
                     to,
@@ -402,13 +427,27 @@ impl Core {
         // The text is safe in the message database before the receipt tells anyone so.
         self.app.record_received_all(&incoming)?;
         if !acks.is_empty() {
-            let mut store = self.shared.lock_store();
-            session::acknowledge_all(&mut *store, &acks, Timestamp::from_millis(now_ms()))?;
+            let receipts = {
+                let mut store = self.shared.lock_store();
+                session::acknowledge_all(&mut *store, &acks, Timestamp::from_millis(now_ms()))?
+            };
+            // Each receipt goes straight back to the message's sender (now, or when next
+            // linked); carriers learn of it in their next round.
+            let mut changes = Vec::new();
+            for (receipt, message) in receipts.into_iter().zip(&incoming) {
+                if let Ok(receipt) = receipt {
+                    self.shared.push_to(*message.from.as_bytes(), receipt);
+                    changes.push(Change {
+                        from: None,
+                        pushed_to: Some(*message.from.as_bytes()),
+                    });
+                }
+            }
+            self.shared.changed(changes);
         }
         for (id, why) in discards {
             self.discard(id, why)?;
         }
-        self.shared.store_changed();
         for message in incoming {
             stories.push(Story::Received {
                 from: self.contact_name(&message.from),

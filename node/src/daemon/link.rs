@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::shared::{now_ms, LinkId, Shared};
+use super::shared::{now_ms, Change, LinkId, Shared};
 
 /// Frames one pump moves from the sync session into the hop session before the bytes are
 /// written out: bounds memory when a peer lacks a hundred thousand messages.
@@ -83,6 +83,7 @@ pub async fn run_link(
     };
     let (mut reader, mut writer) = stream.into_split();
     let mut changed = shared.subscribe_changes();
+    let mut change_cursor = shared.change_cursor();
     let mut sync: Option<SyncSession> = None;
     let mut buf = vec![0u8; 64 * 1024];
     let stop = 'main: loop {
@@ -120,7 +121,10 @@ pub async fn run_link(
             },
             _ = changed.changed() => {
                 if let Some(s) = sync.as_mut() {
-                    s.notify_store_changed();
+                    take_pushes(&shared, s);
+                    if summary.peer.is_some_and(|p| shared.needs_round(&p, &mut change_cursor)) {
+                        s.notify_store_changed();
+                    }
                 }
             }
             _ = sleep_until_ms(deadline) => {
@@ -160,6 +164,8 @@ pub async fn run_link(
                     let mtu = hop.max_plaintext().min(cairn_sync::wire::MAX_MTU);
                     match start_sync(&shared, link, &peer, outbound, mtu, STREAM_STALL_MS) {
                         Ok(session) => {
+                            // Round 0 covers every change before this instant.
+                            change_cursor = shared.change_cursor();
                             summary.peer = Some(peer.identity);
                             sync = Some(session);
                         }
@@ -247,16 +253,29 @@ pub(super) fn start_sync(
     };
     let config = SessionConfig {
         stall_timeout_ms,
+        compactor: Some(shared.direct.clone()),
         ..SessionConfig::new(mtu, shared.policy())
     };
-    SyncSession::new(
+    let mut session = SyncSession::new(
         config,
         role,
         peer.identity.to_vec(),
         OsRng.next_u64(),
         Timestamp::from_millis(now_ms()),
     )
-    .map_err(|e| format!("sync session: {e}"))
+    .map_err(|e| format!("sync session: {e}"))?;
+    take_pushes(shared, &mut session);
+    Ok(session)
+}
+
+/// Hands the items waiting to be pushed to this session's peer to the session.
+pub(super) fn take_pushes(shared: &Shared, session: &mut SyncSession) {
+    let Ok(peer) = <[u8; 32]>::try_from(session.peer_key()) else {
+        return;
+    };
+    for id in shared.take_pushes(&peer) {
+        session.push(id);
+    }
 }
 
 /// Moves sync frames into the hop session, a bounded batch at a time. Returns whether the
@@ -321,25 +340,37 @@ pub(super) fn forward_events(
     sync: &mut SyncSession,
     summary: &mut MeetingSummary,
 ) {
-    let mut store_changed = false;
+    // Items from this peer are news to every other peer, not to this one; a delivery or a
+    // copy handed over changes nothing another round would find.
+    let from = <[u8; 32]>::try_from(sync.peer_key()).ok();
+    let mut stored = 0;
+    let mut wake = false;
     while let Some(event) = sync.poll_event() {
         match &event {
             SyncEvent::ItemSent { .. } => summary.items_sent += 1,
             SyncEvent::ItemStored { .. } => {
                 summary.items_received += 1;
-                store_changed = true;
+                stored += 1;
             }
             SyncEvent::Delivered { .. } => {
                 summary.items_received += 1;
-                store_changed = true;
+                wake = true;
             }
             SyncEvent::RoundComplete { .. } => summary.rounds += 1,
-            SyncEvent::HandedOver { .. } => store_changed = true,
+            SyncEvent::HandedOver { .. } => wake = true,
             _ => {}
         }
         shared.report(event);
     }
-    if store_changed {
-        shared.store_changed();
+    if stored > 0 {
+        shared.changed(std::iter::repeat_n(
+            Change {
+                from,
+                pushed_to: None,
+            },
+            stored,
+        ));
+    } else if wake {
+        shared.wake();
     }
 }

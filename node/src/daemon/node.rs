@@ -105,6 +105,7 @@ impl NodeHandle {
             *identity.public_key().as_bytes(),
             identity.hop_keys()?,
             config.network_key(),
+            crate::direct::Direct::new(identity.mailbox_key()),
         );
         let name = config.display_name.clone();
         let core = Core::new(&home, identity, name.clone(), shared.clone(), app)?;

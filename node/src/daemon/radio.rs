@@ -25,7 +25,9 @@ use rand_core_06::{OsRng, RngCore};
 use tokio::sync::{mpsc, watch};
 
 use super::core::Story;
-use super::link::{forward_events, handle_frame, pump_sync_into, start_sync, MeetingSummary};
+use super::link::{
+    forward_events, handle_frame, pump_sync_into, start_sync, take_pushes, MeetingSummary,
+};
 use super::node::log_meeting;
 use super::shared::{now_ms, LinkId, Shared};
 
@@ -75,6 +77,8 @@ struct RadioPeer {
     started: Instant,
     /// Another link to the same person is the one kept: try again at this time.
     standby_until: Option<u64>,
+    /// Where this peer's session stands in the store's change log.
+    change_cursor: u64,
 }
 
 /// The firmware host driver for a kind.
@@ -241,7 +245,10 @@ pub async fn run_radio(
             _ = changed.changed() => {
                 for peer in peers.values_mut() {
                     if let Some(sync) = peer.sync.as_mut() {
-                        sync.notify_store_changed();
+                        take_pushes(&shared, sync);
+                        if shared.needs_round(&peer.identity, &mut peer.change_cursor) {
+                            sync.notify_store_changed();
+                        }
                     }
                 }
             }
@@ -291,6 +298,20 @@ pub async fn run_radio(
                 }
                 for (addr, mut peer) in peers.drain() {
                     finish_meeting(&shared, &mut peer, "node shutting down", &name, &label, addr, &stories);
+                }
+                if let Some(l) = link.as_ref() {
+                    let s = l.stats();
+                    tracing::info!(
+                        node = name,
+                        radio = label,
+                        frames_sent = s.frames_sent,
+                        bytes_sent = s.bytes_sent,
+                        airtime_ms = s.airtime_us / 1_000,
+                        frames_heard = s.frames_heard,
+                        retransmissions = s.arq.retransmissions,
+                        duty_cycle_waits = s.duty_cycle_waits,
+                        "link closed"
+                    );
                 }
                 break;
             }
@@ -360,6 +381,7 @@ fn handle_link_events(
                     },
                     started: Instant::now(),
                     standby_until: None,
+                    change_cursor: 0,
                 };
                 try_start(shared, link, addr, &mut radio_peer, now_ms());
                 tracing::debug!(node = name, radio = label, %addr, "peer in reach");
@@ -408,6 +430,8 @@ fn try_start(shared: &Shared, link: &FrameLink, addr: Addr, peer: &mut RadioPeer
         stall_ms,
     ) {
         Ok(session) => {
+            // Round 0 covers every change before this instant.
+            peer.change_cursor = shared.change_cursor();
             peer.sync = Some(session);
             peer.standby_until = None;
         }

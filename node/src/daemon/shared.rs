@@ -6,11 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use cairn_sync::envelope::ItemId;
 use cairn_sync::policy::NodePolicy;
 use cairn_sync::session::SyncEvent;
 use cairn_sync::store::LmdbStore;
 use cairn_transports::hop::{LocalKeys, NetworkKey};
 use tokio::sync::{mpsc, watch};
+
+use crate::direct::Direct;
 
 /// Milliseconds since the Unix epoch: the daemon is where the clock is read.
 pub fn now_ms() -> u64 {
@@ -49,6 +52,44 @@ pub struct Shared {
     pub hop_keys: LocalKeys,
     pub network_key: NetworkKey,
     pub peers_seen: Mutex<std::collections::BTreeSet<[u8; 32]>>,
+    /// Direct delivery to contacts we meet ([`crate::direct`]), shared by every session.
+    pub direct: Arc<Direct>,
+    /// Items to push to a peer as soon as a session with it can
+    /// ([`cairn_sync::session::SyncSession::push`]).
+    pushes: Mutex<HashMap<[u8; 32], Vec<ItemId>>>,
+    changes_log: Mutex<ChangeLog>,
+}
+
+/// Pushes waiting per peer; past this the oldest are left to reconciliation.
+const MAX_PUSHES_PER_PEER: usize = 1024;
+
+/// Changes remembered for links that have not looked yet; a link further behind runs a
+/// round, as for any change it cannot judge.
+const MAX_CHANGES: usize = 4096;
+
+/// One change to the store, and which peer already has it: a round with that peer would
+/// find nothing new, so links to it skip the round (on LoRa a round costs minutes of
+/// airtime). Every other peer's link runs one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The item came from this peer.
+    pub from: Option<[u8; 32]>,
+    /// The item was pushed to this peer directly ([`Shared::push_to`]).
+    pub pushed_to: Option<[u8; 32]>,
+}
+
+impl Change {
+    fn concerns(&self, peer: &[u8; 32]) -> bool {
+        self.from.as_ref() != Some(peer) && self.pushed_to.as_ref() != Some(peer)
+    }
+}
+
+/// Recent changes, numbered.
+#[derive(Debug, Default)]
+struct ChangeLog {
+    /// Number of the next change.
+    next: u64,
+    records: std::collections::VecDeque<Change>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -64,6 +105,7 @@ impl Shared {
         own_identity: [u8; 32],
         hop_keys: LocalKeys,
         network_key: NetworkKey,
+        direct: Direct,
     ) -> (Arc<Shared>, mpsc::UnboundedReceiver<NodeEvent>) {
         let (events, receiver) = mpsc::unbounded_channel();
         let (changes, _) = watch::channel(0);
@@ -78,6 +120,9 @@ impl Shared {
             hop_keys,
             network_key,
             peers_seen: Mutex::new(Default::default()),
+            direct: Arc::new(direct),
+            pushes: Mutex::new(HashMap::new()),
+            changes_log: Mutex::new(ChangeLog::default()),
         };
         (Arc::new(shared), receiver)
     }
@@ -96,9 +141,65 @@ impl Shared {
         self.changes.subscribe()
     }
 
-    /// Tells every link the store changed (a message written, an item received).
-    pub fn store_changed(&self) {
+    /// Records changes to the store and wakes every link to judge them.
+    pub fn changed(&self, changes: impl IntoIterator<Item = Change>) {
+        {
+            let mut log = self.changes_log.lock().unwrap_or_else(|p| p.into_inner());
+            for change in changes {
+                log.next += 1;
+                log.records.push_back(change);
+                if log.records.len() > MAX_CHANGES {
+                    log.records.pop_front();
+                }
+            }
+        }
+        self.wake();
+    }
+
+    /// Wakes every link without a change (one may have been replaced).
+    pub fn wake(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Where the change log stands: a session starting now covers everything before.
+    pub fn change_cursor(&self) -> u64 {
+        self.changes_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next
+    }
+
+    /// Whether the changes since `cursor` need a round with `peer`; moves the cursor.
+    pub fn needs_round(&self, peer: &[u8; 32], cursor: &mut u64) -> bool {
+        let log = self.changes_log.lock().unwrap_or_else(|p| p.into_inner());
+        let first = log.next - log.records.len() as u64;
+        let since = std::mem::replace(cursor, log.next);
+        if since < first {
+            return true;
+        }
+        log.records
+            .iter()
+            .skip((since - first) as usize)
+            .any(|c| c.concerns(peer))
+    }
+
+    /// Queues `id` to be pushed to `peer` by whichever link reaches it (now or later).
+    pub fn push_to(&self, peer: [u8; 32], id: ItemId) {
+        let mut pushes = self.pushes.lock().unwrap_or_else(|p| p.into_inner());
+        let queue = pushes.entry(peer).or_default();
+        if queue.len() >= MAX_PUSHES_PER_PEER {
+            queue.remove(0);
+        }
+        queue.push(id);
+    }
+
+    /// The pushes waiting for `peer`, handed to its session.
+    pub fn take_pushes(&self, peer: &[u8; 32]) -> Vec<ItemId> {
+        self.pushes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(peer)
+            .unwrap_or_default()
     }
 
     pub fn report(&self, event: SyncEvent) {
@@ -141,7 +242,7 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .insert(peer);
         let _ = self.events.send(NodeEvent::LinkUp { peer });
-        self.store_changed();
+        self.wake();
         true
     }
 

@@ -45,6 +45,8 @@ const SEQ_MASK: u8 = SEQ_MOD - 1;
 const DATA: u8 = 0x80;
 const MORE: u8 = 0x40;
 const SACK: u8 = 0x80;
+/// The payload is exactly one whole message, without its length prefix.
+const SOLO: u8 = 0x40;
 
 /// Header bytes without a bitmap.
 pub const ARQ_HEADER_LEN: usize = 2;
@@ -132,6 +134,8 @@ pub(super) struct InFlight {
     sent_at: Option<u64>,
     tries: u32,
     held_by_peer: bool,
+    /// The payload is one whole message without its length prefix.
+    solo: bool,
 }
 
 /// Counters for diagnostics and the benchmark.
@@ -154,6 +158,10 @@ pub struct Arq {
     // Sending.
     /// Message bytes not yet in a frame (length prefixes included).
     pub(super) unsent: VecDeque<u8>,
+    /// Encoded lengths (prefix included) of the messages in `unsent`, oldest first; the
+    /// first may be partly framed already (`front_taken` bytes of it).
+    unsent_lengths: VecDeque<usize>,
+    front_taken: usize,
     pub(super) in_flight: VecDeque<InFlight>,
     pub(super) next_seq: u8,
     rto_ms: u64,
@@ -163,7 +171,7 @@ pub struct Arq {
     pub(super) retransmit_at: Option<u64>,
     // Receiving.
     pub(super) expected: u8,
-    out_of_order: BTreeMap<u8, Vec<u8>>,
+    out_of_order: BTreeMap<u8, (bool, Vec<u8>)>,
     ack_owed: bool,
     ack_at: Option<u64>,
     stream: Vec<u8>,
@@ -189,6 +197,8 @@ impl Arq {
             rttvar_ms: 0,
             config,
             unsent: VecDeque::new(),
+            unsent_lengths: VecDeque::new(),
+            front_taken: 0,
             in_flight: VecDeque::new(),
             next_seq: 0,
             retransmit_at: None,
@@ -213,6 +223,7 @@ impl Arq {
         if message.len() > self.config.max_message {
             return Err(ArqError::MessageTooLong(message.len()));
         }
+        let before = self.unsent.len();
         let mut len = message.len();
         loop {
             let byte = (len & 0x7f) as u8;
@@ -224,6 +235,7 @@ impl Arq {
             self.unsent.push_back(byte | 0x80);
         }
         self.unsent.extend(message);
+        self.unsent_lengths.push_back(self.unsent.len() - before);
         Ok(())
     }
 
@@ -231,6 +243,20 @@ impl Arq {
     #[must_use]
     pub fn backlog(&self) -> usize {
         self.unsent.len()
+    }
+
+    /// Frames from the peer held ahead of a gap. Fewer than [`MAX_WINDOW`] whatever the
+    /// peer sends (the fuzz target checks this).
+    #[must_use]
+    pub fn held_out_of_order(&self) -> usize {
+        self.out_of_order.len()
+    }
+
+    /// Bytes from the peer that are not a whole message yet: at most
+    /// [`ArqConfig::max_message`] plus its length prefix, whatever the peer sends.
+    #[must_use]
+    pub fn partial_message_len(&self) -> usize {
+        self.stream.len()
     }
 
     /// The settings.
@@ -290,12 +316,10 @@ impl Arq {
         } else {
             (0, rest)
         };
-        if b1 & 0x40 != 0 {
-            return Err(ArqError::Malformed("reserved bit set"));
-        }
+        let solo = b1 & SOLO != 0;
         self.handle_ack(now, b1 & SEQ_MASK, bitmap);
         if b0 & DATA == 0 {
-            if b0 != 0 || !payload.is_empty() {
+            if b0 != 0 || !payload.is_empty() || solo {
                 return Err(ArqError::Malformed(
                     "acknowledgement with data bits or payload",
                 ));
@@ -315,13 +339,17 @@ impl Arq {
             return Ok(());
         }
         if ahead == 0 {
-            self.accept(payload)?;
+            self.accept(payload, solo)?;
             self.expected = (self.expected + 1) & SEQ_MASK;
-            while let Some(next) = self.out_of_order.remove(&self.expected) {
-                self.accept(&next)?;
+            while let Some((solo, next)) = self.out_of_order.remove(&self.expected) {
+                self.accept(&next, solo)?;
                 self.expected = (self.expected + 1) & SEQ_MASK;
             }
-        } else if self.out_of_order.insert(seq, payload.to_vec()).is_some() {
+        } else if self
+            .out_of_order
+            .insert(seq, (solo, payload.to_vec()))
+            .is_some()
+        {
             self.stats.duplicates += 1;
         }
         self.owe_ack(now, more);
@@ -339,7 +367,17 @@ impl Arq {
         self.ack_at = Some(at);
     }
 
-    fn accept(&mut self, payload: &[u8]) -> Result<(), ArqError> {
+    fn accept(&mut self, payload: &[u8], solo: bool) -> Result<(), ArqError> {
+        if solo {
+            if !self.stream.is_empty() {
+                return Err(ArqError::Malformed("a whole message inside a partial one"));
+            }
+            if payload.len() > self.config.max_message {
+                return Err(ArqError::MessageTooLong(payload.len()));
+            }
+            self.messages.push_back(payload.to_vec());
+            return Ok(());
+        }
         self.stream.extend_from_slice(payload);
         loop {
             let mut len = 0usize;
@@ -507,14 +545,14 @@ impl Arq {
             Some(i) => Some(i),
             None if !self.unsent.is_empty() && self.in_flight.len() < self.config.window => {
                 let room = self.config.max_frame - ARQ_HEADER_LEN - usize::from(self.sack_len());
-                let take = room.min(self.unsent.len());
-                let payload: Vec<u8> = self.unsent.drain(..take).collect();
+                let (payload, solo) = self.take_unsent(room);
                 self.in_flight.push_back(InFlight {
                     seq: self.next_seq,
                     payload,
                     sent_at: None,
                     tries: 0,
                     held_by_peer: false,
+                    solo,
                 });
                 self.next_seq = (self.next_seq + 1) & SEQ_MASK;
                 Some(self.in_flight.len() - 1)
@@ -524,7 +562,7 @@ impl Arq {
         let Some(index) = index else {
             if self.ack_owed && self.ack_at.is_some_and(|at| now >= at) {
                 self.stats.ack_frames += 1;
-                let frame = self.header(0);
+                let frame = self.header(0, 0);
                 self.ack_sent();
                 return Some(frame);
             }
@@ -542,7 +580,10 @@ impl Arq {
         if more_after {
             b0 |= MORE;
         }
-        let mut frame = self.header(b0);
+        let mut frame = self.header(b0, self.in_flight[index].payload.len());
+        if self.in_flight[index].solo {
+            frame[1] |= SOLO;
+        }
         let entry = &mut self.in_flight[index];
         frame.extend_from_slice(&entry.payload);
         if entry.tries == 0 {
@@ -559,6 +600,41 @@ impl Arq {
         Some(frame)
     }
 
+    /// Up to `room` bytes of the queued stream for the next frame. A frame that would carry
+    /// exactly one whole message, and nothing else, drops the message's length prefix and
+    /// says so (SOLO): the common LoRa case of one short message per frame saves a byte or
+    /// two.
+    fn take_unsent(&mut self, room: usize) -> (Vec<u8>, bool) {
+        if self.front_taken == 0 && self.unsent_lengths.len() == 1 {
+            let prefix = self
+                .unsent
+                .iter()
+                .position(|b| b & 0x80 == 0)
+                .map_or(0, |i| i + 1);
+            let body = self.unsent.len() - prefix;
+            if body <= room && body > 0 {
+                self.unsent.drain(..prefix);
+                self.unsent_lengths.clear();
+                return (self.unsent.drain(..).collect(), true);
+            }
+        }
+        let take = room.min(self.unsent.len());
+        let payload: Vec<u8> = self.unsent.drain(..take).collect();
+        let mut left = take;
+        while let Some(&len) = self.unsent_lengths.front() {
+            let rest = len - self.front_taken;
+            if left >= rest {
+                left -= rest;
+                self.unsent_lengths.pop_front();
+                self.front_taken = 0;
+            } else {
+                self.front_taken += left;
+                break;
+            }
+        }
+        (payload, false)
+    }
+
     fn ack_sent(&mut self) {
         self.ack_owed = false;
         self.ack_at = None;
@@ -568,10 +644,14 @@ impl Arq {
         u8::from(!self.out_of_order.is_empty())
     }
 
-    fn header(&self, b0: u8) -> Vec<u8> {
+    /// The header for a frame carrying `payload_len` bytes. The SACK bitmap goes only where it
+    /// fits: a frame cut to size when no bitmap was owed may be repeated once one is, and must
+    /// still fit `max_frame` (the hop session refuses anything larger).
+    fn header(&self, b0: u8, payload_len: usize) -> Vec<u8> {
         let mut frame = Vec::with_capacity(self.config.max_frame);
         frame.push(b0);
-        if self.out_of_order.is_empty() {
+        let sack_fits = ARQ_HEADER_LEN + 1 + payload_len <= self.config.max_frame;
+        if self.out_of_order.is_empty() || !sack_fits {
             frame.push(self.expected);
         } else {
             frame.push(SACK | self.expected);
@@ -670,6 +750,28 @@ mod tests {
     }
 
     #[test]
+    fn a_message_alone_in_its_frame_costs_two_bytes_of_header_and_no_length() {
+        let (mut a, mut b) = pair(ArqConfig::radio(176, 300));
+        a.send(&[7u8; 120]).unwrap();
+        let frame = a.poll_transmit(0).unwrap();
+        assert_eq!(frame.len(), ARQ_HEADER_LEN + 120);
+        b.handle_frame(0, &frame).unwrap();
+        assert_eq!(b.poll_message(), Some(vec![7u8; 120]));
+        // Two messages share a frame, each behind its length.
+        a.send(&[1u8; 10]).unwrap();
+        a.send(&[2u8; 10]).unwrap();
+        let frame = a.poll_transmit(0).unwrap();
+        assert_eq!(frame.len(), ARQ_HEADER_LEN + 22);
+        b.handle_frame(0, &frame).unwrap();
+        assert_eq!(b.poll_message(), Some(vec![1u8; 10]));
+        assert_eq!(b.poll_message(), Some(vec![2u8; 10]));
+        // A whole message flagged inside a partial one is refused.
+        let mut c = Arq::new(ArqConfig::radio(176, 300));
+        c.handle_frame(0, &[DATA | MORE, 0, 5, 1, 2]).unwrap();
+        assert!(c.handle_frame(0, &[DATA | 1, SOLO, 9]).is_err());
+    }
+
+    #[test]
     fn short_messages_share_a_frame() {
         let (mut a, mut b) = pair(ArqConfig::radio(176, 300));
         for i in 0..10u8 {
@@ -734,6 +836,31 @@ mod tests {
         assert_eq!(a.poll_transmit(0), None);
         assert_eq!(a.poll_timeout(), None);
         assert!(a.is_idle());
+    }
+
+    #[test]
+    fn a_retransmission_with_a_sack_still_fits_the_frame() {
+        // Both ends send full frames; B's first frame is lost, so A holds B's later frames out
+        // of order and owes a SACK bitmap on everything it sends, including repeats of frames
+        // that were cut to size when no bitmap was owed.
+        let config = ArqConfig::radio(64, 100);
+        let (mut a, mut b) = pair(config);
+        a.send(&[1; 300]).unwrap();
+        b.send(&[2; 300]).unwrap();
+        let from_a: Vec<Vec<u8>> = std::iter::from_fn(|| a.poll_transmit(0)).collect();
+        let from_b: Vec<Vec<u8>> = std::iter::from_fn(|| b.poll_transmit(0)).collect();
+        assert_eq!(from_a.len(), config.window);
+        for frame in &from_b[1..] {
+            a.handle_frame(1, frame).unwrap();
+        }
+        let now = a.retransmit_at.unwrap();
+        a.handle_timeout(now).unwrap();
+        let mut resent = 0;
+        while let Some(frame) = a.poll_transmit(now) {
+            assert!(frame.len() <= config.max_frame, "{} bytes", frame.len());
+            resent += 1;
+        }
+        assert_eq!(resent, config.window);
     }
 
     #[test]

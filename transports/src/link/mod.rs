@@ -213,6 +213,8 @@ pub struct LinkStats {
     pub handshakes: u64,
     /// Times a frame waited for the duty cycle.
     pub duty_cycle_waits: u64,
+    /// Times we drew a new address because another node used ours.
+    pub address_changes: u64,
     /// ARQ counters summed over sessions that ended, plus the live ones at the time of asking.
     pub arq: ArqStats,
 }
@@ -481,8 +483,13 @@ impl FrameLink {
         };
         match frame {
             LinkFrame::Beacon { src, net } => {
-                if net != self.net || src == self.addr {
+                if net != self.net {
                     self.stats.frames_ignored += 1;
+                    return;
+                }
+                if src == self.addr {
+                    // Someone else drew our address: neither of us could be told apart.
+                    self.redraw_address(now);
                     return;
                 }
                 self.heard_beacon(now, src);
@@ -500,6 +507,30 @@ impl FrameLink {
                 }
             }
         }
+    }
+
+    /// Takes a new address after hearing ours from another node. Peers know us by address,
+    /// so every session ends (the node's sync sessions with them close) and is built again
+    /// under the new one; a beacon goes out at once.
+    fn redraw_address(&mut self, now: u64) {
+        let old = self.addr;
+        self.addr = loop {
+            let a = Addr(self.rng.next_u32() as u16);
+            if a.is_valid() && a != old {
+                break a;
+            }
+        };
+        self.stats.address_changes += 1;
+        let peers = std::mem::take(&mut self.peers);
+        for (addr, peer) in peers {
+            self.retire(
+                addr,
+                peer,
+                "our link address changed (another node had it)".into(),
+            );
+        }
+        self.heard.clear();
+        self.next_beacon = now;
     }
 
     fn heard_beacon(&mut self, now: u64, src: Addr) {
@@ -682,7 +713,10 @@ impl FrameLink {
     /// When [`FrameLink::handle_timeout`] or [`FrameLink::poll_transmit`] next has work.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<u64> {
-        let mut next = Some(self.beacon_due_at());
+        // Beacons and stream frames go only once the channel is ours: reporting them due
+        // before then would wake the caller again and again for nothing.
+        let free = self.channel_free_at();
+        let mut next = Some(self.beacon_due_at().max(free));
         let mut consider = |t: Option<u64>| {
             if let Some(t) = t {
                 next = Some(next.map_or(t, |n: u64| n.min(t)));
@@ -690,7 +724,12 @@ impl FrameLink {
         };
         for peer in self.peers.values() {
             consider(peer.hop.poll_timeout());
-            consider(peer.arq.as_ref().and_then(Arq::poll_timeout));
+            consider(
+                peer.arq
+                    .as_ref()
+                    .and_then(Arq::poll_timeout)
+                    .map(|t| t.max(free)),
+            );
             if let Some(next) = &peer.successor {
                 consider(next.hop.poll_timeout());
             }

@@ -373,3 +373,65 @@ fn a_cable_cut_in_the_middle_of_a_backlog_resumes_where_it_stopped() {
     assert_eq!(got.len(), sent.len(), "{:?}", net.nodes[0].link.stats());
     assert_eq!(got, sent);
 }
+
+#[test]
+fn two_nodes_that_drew_the_same_address_sort_it_out() {
+    let mut net = Net::new(3, Medium::Radio(Some(LoraParams::sf7())), 200, |_, _| true);
+    // Node 2 starts with node 0's address.
+    let clash = net.addr(0);
+    net.nodes[2].link.addr = clash;
+    net.run(30 * 60_000, |n| {
+        n.linked(0, 1) && n.linked(1, 2) && n.linked(0, 2)
+    });
+    assert!(net.linked(0, 1) && net.linked(1, 2) && net.linked(0, 2));
+    assert_ne!(net.addr(0), net.addr(2));
+    let changes: u64 = net
+        .nodes
+        .iter()
+        .map(|n| n.link.stats().address_changes)
+        .sum();
+    assert!(changes >= 1);
+}
+
+/// Drives `link` at `now` as the daemon does (timers, then frames while any come) and
+/// returns how often its deadline was still due afterwards: each such round is a wake-up that
+/// did no work, and a caller sleeping until `poll_timeout` would spin.
+fn idle_wakeups(link: &mut FrameLink, now: u64) -> u32 {
+    let mut wakeups = 0;
+    for _ in 0..100 {
+        if link.poll_timeout().is_none_or(|t| t > now) {
+            break;
+        }
+        wakeups += 1;
+        link.handle_timeout(now);
+        while link.poll_transmit(now).is_some() {}
+    }
+    wakeups
+}
+
+#[test]
+fn a_deadline_is_never_due_while_the_channel_makes_us_wait() {
+    // A beacon from a lower address makes a radio answer with its own beacon, but only after
+    // a random quiet slot: until then `poll_timeout` must not report the beacon as due.
+    let mut spinning = 0;
+    for seed in 0..20u8 {
+        let config = LinkConfig::new(
+            keys(0),
+            NetworkKey::default_network(),
+            Medium::Radio(Some(LoraParams::sf7())),
+            255,
+        );
+        let mut link = FrameLink::new(config, 0, [seed; 32]).unwrap();
+        // Our own beacon went out a while ago.
+        idle_wakeups(&mut link, 5_000);
+        let now = 20_000;
+        let beacon = LinkFrame::Beacon {
+            src: Addr(1),
+            net: link.net,
+        };
+        link.handle_frame(now, &beacon.encode());
+        while link.poll_transmit(now).is_some() {}
+        spinning += idle_wakeups(&mut link, now);
+    }
+    assert_eq!(spinning, 0, "wake-ups with nothing to do");
+}
