@@ -689,6 +689,11 @@ impl SyncSession {
         }
     }
 
+    /// Takes back the pushes not sent yet (the session is ending; another may send them).
+    pub fn take_unsent_pushes(&mut self) -> Vec<ItemId> {
+        self.push_queue.drain(..).collect()
+    }
+
     /// Compact items from the peer that did not rebuild, so far.
     pub fn compact_refused(&self) -> u64 {
         self.compact_refused

@@ -206,6 +206,12 @@ pub async fn run_link(
     let Stop::Closed(reason) = stop;
     if let Some(peer) = summary.peer {
         shared.link_down(&peer, link);
+        // Pushes that did not go out wait for the next session with this peer.
+        if let Some(s) = sync.as_mut() {
+            for id in s.take_unsent_pushes() {
+                shared.push_to(peer, id);
+            }
+        }
     }
     summary.ended_by = reason;
     summary

@@ -416,10 +416,10 @@ fn try_start(shared: &Shared, link: &FrameLink, addr: Addr, peer: &mut RadioPeer
         return;
     };
     let mtu = link.frame_payload().max(MIN_MTU);
-    // Minutes, not seconds, on a radio: a round at SF12 within the duty cycle takes that long.
+    // An hour on a radio: a round at SF12 may wait that long for the duty cycle.
     let stall_ms = match link.config().medium {
         Medium::Cable => 60_000,
-        Medium::Radio(_) => 15 * 60_000,
+        Medium::Radio(_) => 60 * 60_000,
     };
     match start_sync(
         shared,
@@ -462,6 +462,10 @@ fn retry_standby(
 fn end_sync(shared: &Shared, peer: &mut RadioPeer, reason: &str) {
     if let Some(mut sync) = peer.sync.take() {
         forward_events(shared, &mut sync, &mut peer.summary);
+        // Pushes that did not go out wait for the next session with this peer.
+        for id in sync.take_unsent_pushes() {
+            shared.push_to(peer.identity, id);
+        }
         shared.link_down(&peer.identity, peer.link_id);
         tracing::debug!(reason, "sync session over a frame link ended");
         peer.standby_until = Some(now_ms() + STANDBY_RETRY_MS);

@@ -20,6 +20,9 @@ enum Command {
     Store(cairn_tools::bench::store::Args),
     /// Two real nodes on loopback: messages per second, latency, time to first delivery.
     Lan(cairn_tools::bench::lan::Args),
+    /// Two radios on a virtual LoRa channel: bytes and airtime per message, throughput
+    /// within the duty cycle, session setup cost.
+    Radio(cairn_tools::bench::radio::Args),
     /// The queuer child of `lan` (queues Alice's messages beside her running node).
     #[command(hide = true)]
     LanQueue(cairn_tools::bench::lan::QueueArgs),
@@ -31,6 +34,7 @@ fn main() -> anyhow::Result<()> {
         Command::Reconcile(args) => cairn_tools::bench::reconcile::run(&args)?,
         Command::Store(args) => cairn_tools::bench::store::run(&args)?,
         Command::Lan(args) => cairn_tools::bench::lan::run(&args)?,
+        Command::Radio(args) => cairn_tools::bench::radio::run(&args)?,
         Command::LanQueue(args) => {
             // One line, read by the parent.
             println!(

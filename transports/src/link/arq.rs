@@ -42,7 +42,8 @@ use std::collections::{BTreeMap, VecDeque};
 /// Sequence numbers are 6 bits.
 const SEQ_MOD: u8 = 64;
 const SEQ_MASK: u8 = SEQ_MOD - 1;
-const DATA: u8 = 0x80;
+/// Byte 0: the frame carries data (otherwise it is an acknowledgement only).
+pub(super) const DATA: u8 = 0x80;
 const MORE: u8 = 0x40;
 const SACK: u8 = 0x80;
 /// The payload is exactly one whole message, without its length prefix.
@@ -121,7 +122,9 @@ impl ArqConfig {
             // A whole burst, the ack delay, the ack itself, and channel-access jitter.
             rto_ms: frame_airtime_ms * (window as u64 + 4) + 2_000,
             max_rto_ms: 10 * 60_000,
-            max_retries: 6,
+            // The peer may be waiting for its duty cycle; eight tries with doubling take
+            // well over an hour at SF12 before it counts as gone.
+            max_retries: 8,
             max_message: MAX_MESSAGE,
         }
     }
@@ -531,6 +534,25 @@ impl Arq {
                 || (self.ack_owed && self.ack_at.is_some_and(|at| now >= at)))
     }
 
+    /// Length of the data frame [`Arq::poll_transmit`] would send next (a repeat, or new
+    /// data), if any: what a link checks against its duty cycle before taking it.
+    #[must_use]
+    pub fn next_data_len(&self) -> Option<usize> {
+        if self.failed.is_some() {
+            return None;
+        }
+        let header = ARQ_HEADER_LEN + usize::from(self.sack_len());
+        if let Some(frame) = self
+            .in_flight
+            .iter()
+            .find(|f| f.sent_at.is_none() && !f.held_by_peer)
+        {
+            return Some((header + frame.payload.len()).min(self.config.max_frame));
+        }
+        (!self.unsent.is_empty() && self.in_flight.len() < self.config.window)
+            .then(|| (header + self.unsent.len()).min(self.config.max_frame))
+    }
+
     /// The next frame to send, if one is ready at `now`.
     pub fn poll_transmit(&mut self, now: u64) -> Option<Vec<u8>> {
         if self.failed.is_some() {
@@ -560,13 +582,7 @@ impl Arq {
             None => None,
         };
         let Some(index) = index else {
-            if self.ack_owed && self.ack_at.is_some_and(|at| now >= at) {
-                self.stats.ack_frames += 1;
-                let frame = self.header(0, 0);
-                self.ack_sent();
-                return Some(frame);
-            }
-            return None;
+            return self.poll_ack(now);
         };
         // MORE: another frame of ours follows right away.
         let more_after = self
@@ -633,6 +649,18 @@ impl Arq {
             }
         }
         (payload, false)
+    }
+
+    /// An acknowledgement alone, if one is due: what a link sends when it may not send data
+    /// (its duty cycle is spent on data) but must still let the peer know what arrived.
+    pub fn poll_ack(&mut self, now: u64) -> Option<Vec<u8>> {
+        if self.failed.is_none() && self.ack_owed && self.ack_at.is_some_and(|at| now >= at) {
+            self.stats.ack_frames += 1;
+            let frame = self.header(0, 0);
+            self.ack_sent();
+            return Some(frame);
+        }
+        None
     }
 
     fn ack_sent(&mut self) {

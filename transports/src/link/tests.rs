@@ -435,3 +435,294 @@ fn a_deadline_is_never_due_while_the_channel_makes_us_wait() {
     }
     assert_eq!(spinning, 0, "wake-ups with nothing to do");
 }
+
+/// Two links on a lossless cable: frames are handed over at once and time jumps to the next
+/// deadline.
+fn pump(a: &mut FrameLink, b: &mut FrameLink, now: &mut u64, rounds: usize) {
+    for _ in 0..rounds {
+        let mut moved = false;
+        while let Some(frame) = a.poll_transmit(*now) {
+            b.handle_frame(*now, &frame);
+            moved = true;
+        }
+        while let Some(frame) = b.poll_transmit(*now) {
+            a.handle_frame(*now, &frame);
+            moved = true;
+        }
+        if !moved {
+            // (A cable with its peer has no beacon due: `u64::MAX`.)
+            let next = [a.poll_timeout(), b.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .filter(|&t| t != u64::MAX)
+                .min()
+                .unwrap_or(*now);
+            *now = next.max(*now + 1);
+            a.handle_timeout(*now);
+            b.handle_timeout(*now);
+        }
+    }
+}
+
+fn cable_link(i: u8, max_frame: usize, seed: u8) -> FrameLink {
+    let config = LinkConfig::new(
+        keys(i),
+        NetworkKey::default_network(),
+        Medium::Cable,
+        max_frame,
+    );
+    FrameLink::new(config, 0, [seed; 32]).unwrap()
+}
+
+fn drain_messages(link: &mut FrameLink) -> Vec<Vec<u8>> {
+    std::iter::from_fn(|| link.poll_event())
+        .filter_map(|e| match e {
+            LinkEvent::Message { message, .. } => Some(message),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn peers_with_different_frame_sizes_still_exchange_long_messages() {
+    // One end's bearer carries 255-byte frames, the other's 200: the hop handshake settles
+    // on the smaller, and the stream must cut its frames to that.
+    let mut a = cable_link(0, 255, 1);
+    let mut b = cable_link(1, 200, 2);
+    let mut now = 0;
+    pump(&mut a, &mut b, &mut now, 50);
+    let (a_addr, b_addr) = (a.addr(), b.addr());
+    assert!(a.peers().any(|(x, _)| x == b_addr) && b.peers().any(|(x, _)| x == a_addr));
+    let long = vec![5u8; 1_000];
+    a.send(b_addr, &long).unwrap();
+    b.send(a_addr, &long).unwrap();
+    pump(&mut a, &mut b, &mut now, 200);
+    for got in [drain_messages(&mut b), drain_messages(&mut a)] {
+        assert_eq!(got.len(), 1, "the message did not arrive");
+        assert!(got[0] == long);
+    }
+}
+
+#[test]
+fn forged_handshake_openings_do_not_take_peer_slots() {
+    // Anyone on the channel can send "message 1" frames from made-up addresses. Ones that do
+    // not authenticate (no network key) must not hold one of the link's `max_peers` slots
+    // for the handshake timeout, or a few tiny frames would lock real peers out.
+    let mut link = cable_link(0, 255, 1);
+    let mut state = 3u64;
+    for i in 0..64u16 {
+        let mut frame = vec![1];
+        frame.extend_from_slice(&link.addr().0.to_be_bytes());
+        frame.extend_from_slice(&(0x100 + i).to_be_bytes());
+        frame.extend((0..crate::hop::HANDSHAKE_1_LEN).map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (state >> 56) as u8
+        }));
+        link.handle_frame(10, &frame);
+    }
+    assert_eq!(link.peers.len(), 0);
+    // A real peer still links at once.
+    let mut peer = cable_link(1, 255, 2);
+    let mut now = 10;
+    pump(&mut link, &mut peer, &mut now, 50);
+    assert_eq!(link.peers().count(), 1);
+}
+
+#[test]
+fn own_frames_reflected_back_never_make_a_session_with_ourselves() {
+    // Someone records our handshake frames and plays them back to us with the addresses
+    // rewritten, so that our initiator talks to our own responder.
+    let mut link = cable_link(0, 255, 1);
+    let me = link.addr();
+    let (x, y) = (Addr(0xfffe), Addr(0x0001));
+    assert!(me < x);
+    let reflect = |frame: &[u8], src: Addr| {
+        let mut f = frame.to_vec();
+        f[1..3].copy_from_slice(&me.0.to_be_bytes());
+        f[3..5].copy_from_slice(&src.0.to_be_bytes());
+        f
+    };
+    let beacon = LinkFrame::Beacon {
+        src: x,
+        net: link.net,
+    };
+    link.handle_frame(1, &beacon.encode());
+    // Our message 1 to x comes back as from y; our message 2 to y as from x; and so on.
+    for _ in 0..6 {
+        let frames: Vec<Vec<u8>> = std::iter::from_fn(|| link.poll_transmit(1)).collect();
+        for frame in frames {
+            match LinkFrame::parse(&frame) {
+                Ok(LinkFrame::Handshake { dst, .. }) => {
+                    let src = if dst == x { y } else { x };
+                    link.handle_frame(1, &reflect(&frame, src));
+                }
+                _ => continue,
+            }
+        }
+    }
+    let ups: Vec<LinkEvent> = std::iter::from_fn(|| link.poll_event())
+        .filter(|e| matches!(e, LinkEvent::PeerUp { .. }))
+        .collect();
+    assert!(ups.is_empty(), "{ups:?}");
+}
+
+/// A genuine handshake message 1 from `from`'s link (any node of the network sends one when
+/// it meets someone), as the air carries it.
+fn recorded_message_1(from: &mut FrameLink) -> Vec<u8> {
+    let beacon = LinkFrame::Beacon {
+        src: Addr(0xfffe),
+        net: from.net,
+    };
+    from.handle_frame(0, &beacon.encode());
+    std::iter::from_fn(|| from.poll_transmit(0))
+        .find(|f| f.first() == Some(&1))
+        .expect("message 1")
+}
+
+#[test]
+#[ignore = "known issue: a replayed genuine message 1 holds a peer slot for the handshake timeout"]
+fn replayed_handshake_openings_do_not_lock_real_peers_out() {
+    // One message 1 recorded off the air, replayed from `max_peers` made-up addresses: it
+    // authenticates (it is genuine), so each copy gets a responder session that waits for a
+    // message 3 that never comes, for the whole handshake timeout (30 s on a cable, at least
+    // 2 min on a radio), and a real peer cannot link meanwhile. Sixteen 57-byte frames per
+    // timeout keep a node from meeting anyone new.
+    let mut link = cable_link(0, 255, 1);
+    let genuine = recorded_message_1(&mut cable_link(2, 255, 9));
+    for i in 0..16u16 {
+        let mut frame = genuine.clone();
+        frame[1..3].copy_from_slice(&link.addr().0.to_be_bytes());
+        frame[3..5].copy_from_slice(&(0x100 + i).to_be_bytes());
+        link.handle_frame(10, &frame);
+    }
+    let mut peer = cable_link(1, 255, 2);
+    let mut now = 10;
+    pump(&mut link, &mut peer, &mut now, 20);
+    assert!(now < 20_000, "the pump ran past the handshake timeout");
+    assert_eq!(link.peers().count(), 1, "the real peer was locked out");
+}
+
+#[test]
+#[ignore = "known issue: sessions with peers that left silently are never reaped"]
+fn peers_that_left_do_not_keep_new_ones_out() {
+    // Idle means silent: a session whose peer walked out of range (or restarted under a new
+    // address) ends only when a send to it goes unanswered. With nothing to send, such
+    // sessions fill `max_peers` and nobody new can link, however long we wait.
+    let config = LinkConfig {
+        max_peers: 2,
+        ..LinkConfig::new(keys(0), NetworkKey::default_network(), Medium::Cable, 255)
+    };
+    let mut link = FrameLink::new(config, 0, [1; 32]).unwrap();
+    let mut now = 0;
+    for i in 1..=3u8 {
+        // Peer i comes, links, and leaves without a word.
+        let mut peer = cable_link(i, 255, 10 + i);
+        pump(&mut link, &mut peer, &mut now, 200);
+        let addr = peer.addr();
+        assert!(
+            link.peers().any(|(a, _)| a == addr),
+            "peer {i} never linked ({} sessions held)",
+            link.peers.len()
+        );
+        now += 3_600_000;
+        link.handle_timeout(now);
+    }
+}
+
+#[test]
+#[ignore = "known issue: anyone can make a link drop every session by repeating its address"]
+fn a_stranger_repeating_our_address_does_not_end_our_sessions() {
+    // Beacons are not authenticated, and a link that hears its own address in one draws a
+    // new address and ends every session: one 5-byte frame from anyone who heard us (address
+    // and network tag are in our beacons) cuts all our peers, as often as it is sent.
+    let mut a = cable_link(0, 255, 1);
+    let mut b = cable_link(1, 255, 2);
+    let mut now = 0;
+    pump(&mut a, &mut b, &mut now, 50);
+    assert_eq!(a.peers().count(), 1);
+    while a.poll_event().is_some() {}
+    let spoof = LinkFrame::Beacon {
+        src: a.addr(),
+        net: a.net,
+    };
+    a.handle_frame(now, &spoof.encode());
+    let downs = std::iter::from_fn(|| a.poll_event())
+        .filter(|e| matches!(e, LinkEvent::PeerDown { .. }))
+        .count();
+    assert_eq!(downs, 0, "a forged beacon ended our sessions");
+}
+
+#[test]
+fn strangers_beacons_are_remembered_within_a_bound() {
+    // `heard` keeps beacons from lower addresses until they beacon again: a stranger cycling
+    // through addresses must not grow it.
+    let mut link = cable_link(0, 255, 1);
+    let me = link.addr().0;
+    for (i, src) in (1..me).cycle().take(20_000).enumerate() {
+        let beacon = LinkFrame::Beacon {
+            src: Addr(src),
+            net: link.net,
+        };
+        link.handle_frame(i as u64, &beacon.encode());
+        assert!(link.heard.len() <= 4 * link.config.max_peers);
+        assert!(link.peers.len() <= link.config.max_peers);
+        while link.poll_transmit(i as u64).is_some() {}
+    }
+}
+
+#[test]
+fn replayed_openings_to_a_linked_peer_make_at_most_one_successor() {
+    let mut a = cable_link(0, 255, 1);
+    let mut b = cable_link(1, 255, 2);
+    let mut now = 0;
+    pump(&mut a, &mut b, &mut now, 50);
+    let b_addr = b.addr();
+    // b's own genuine message 1, replayed to a from b's address again and again.
+    let mut opening = recorded_message_1(&mut cable_link(1, 255, 3));
+    opening[1..3].copy_from_slice(&a.addr().0.to_be_bytes());
+    opening[3..5].copy_from_slice(&b_addr.0.to_be_bytes());
+    for i in 0..1_000 {
+        a.handle_frame(now + i, &opening);
+        let peer = &a.peers[&b_addr];
+        assert!(peer
+            .successor
+            .as_ref()
+            .is_none_or(|s| s.successor.is_none()));
+        assert_eq!(a.peers.len(), 1);
+        while a.poll_transmit(now + i).is_some() {}
+    }
+    // The working session is untouched and the pending one times out.
+    pump(&mut a, &mut b, &mut now, 50);
+    assert!(a.peers[&b_addr].successor.is_none());
+    assert_eq!(a.peers().count(), 1);
+}
+
+#[test]
+#[ignore = "known issue: each repeat of a handshake message heard while we wait queues another answer"]
+fn repeated_openings_heard_while_we_wait_queue_one_answer() {
+    // A responder answers every repeat of message 1 with message 2 again (right: our answer
+    // may have been lost). But while the channel makes us wait (a quiet slot after each frame
+    // heard, the duty cycle), the answers pile up in the hop session's queue: memory grows
+    // with every 57-byte frame an attacker replays, and once the channel frees we spend our
+    // airtime on hundreds of identical 200-byte frames.
+    let config = LinkConfig::new(
+        keys(0),
+        NetworkKey::default_network(),
+        Medium::Radio(Some(LoraParams::sf7())),
+        255,
+    );
+    let mut link = FrameLink::new(config, 0, [1; 32]).unwrap();
+    let mut opening = recorded_message_1(&mut cable_link(2, 255, 9));
+    opening[1..3].copy_from_slice(&link.addr().0.to_be_bytes());
+    opening[3..5].copy_from_slice(&0x0100u16.to_be_bytes());
+    for _ in 0..500 {
+        link.handle_frame(10, &opening);
+    }
+    let mut answers = 0;
+    for t in 10..100_000 {
+        while let Some(frame) = link.poll_transmit(t) {
+            answers += usize::from(frame.first() == Some(&2));
+        }
+    }
+    assert!(answers <= 2, "{answers} copies of message 2 sent");
+}
