@@ -34,46 +34,64 @@ pub const BIN_VAR: &str = "CAIRN_BIN";
 pub fn cairn_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(path) = std::env::var_os(BIN_VAR) {
-            return PathBuf::from(path);
-        }
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("tests/ sits inside the workspace")
-            .to_path_buf();
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .map(|dir| {
-                if dir.is_absolute() {
-                    dir
-                } else {
-                    workspace.join(dir)
-                }
-            })
-            .unwrap_or_else(|| workspace.join("target"));
-        let bin = target.join("debug").join("cairn");
-        let built_at = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
-        let sources = ["Cargo.lock", "node", "transports", "sync"].map(|p| workspace.join(p));
-        let fresh = built_at.is_some_and(|built| {
-            sources
-                .iter()
-                .all(|source| newest_change(source).is_none_or(|changed| changed <= built))
-        });
-        if !fresh {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let built = Command::new(cargo)
-                .current_dir(&workspace)
-                .args(["build", "--quiet", "-p", "cairn-node", "--bin", "cairn"])
-                .status();
-            assert!(
-                built.as_ref().is_ok_and(|s| s.success()) && bin.is_file(),
-                "building {} failed ({built:?}); run `cargo build -p cairn-node --bin cairn` \
-                 or set {BIN_VAR}",
-                bin.display()
-            );
-        }
-        bin
+        workspace_bin(
+            BIN_VAR,
+            "cairn-node",
+            "cairn",
+            &[
+                "Cargo.lock",
+                "node",
+                "transports",
+                "sync",
+                "firmware-bridge",
+            ],
+        )
     })
+}
+
+/// A binary of this workspace: `$var` if set, else `target/debug/BIN`, built first with
+/// `cargo build -p PACKAGE --bin BIN` unless it is newer than everything under `sources`
+/// (paths relative to the workspace root: the crates it is built from). Panics, saying what
+/// to run, if it cannot be built.
+pub(crate) fn workspace_bin(var: &str, package: &str, bin: &str, sources: &[&str]) -> PathBuf {
+    if let Some(path) = std::env::var_os(var) {
+        return PathBuf::from(path);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits inside the workspace")
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|dir| {
+            if dir.is_absolute() {
+                dir
+            } else {
+                workspace.join(dir)
+            }
+        })
+        .unwrap_or_else(|| workspace.join("target"));
+    let path = target.join("debug").join(bin);
+    let built_at = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    let fresh = built_at.is_some_and(|built| {
+        sources.iter().all(|source| {
+            newest_change(&workspace.join(source)).is_none_or(|changed| changed <= built)
+        })
+    });
+    if !fresh {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let built = Command::new(cargo)
+            .current_dir(&workspace)
+            .args(["build", "--quiet", "-p", package, "--bin", bin])
+            .status();
+        assert!(
+            built.as_ref().is_ok_and(|s| s.success()) && path.is_file(),
+            "building {} failed ({built:?}); run `cargo build -p {package} --bin {bin}` \
+             or set {var}",
+            path.display()
+        );
+    }
+    path
 }
 
 /// The latest modification time of `path` or anything under it, skipping `target`

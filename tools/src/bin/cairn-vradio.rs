@@ -9,7 +9,8 @@
 //! Each radio is a pseudo-terminal whose slave end is linked as `DIR/radio0`, `DIR/radio1`,
 //! ...: a node opens it as it would open `/dev/ttyUSB0` with a real radio on it. Behind each
 //! port runs the device side of the chosen firmware (an RNode that must be configured by its
-//! host, or a plain KISS TNC on `--params`), and behind all of them one
+//! host, a plain KISS TNC on `--params`, or a stock Meshtastic device on its LongFast preset,
+//! radio N being node `0x7ad1_0000 + N`), and behind all of them one
 //! [`cairn_firmware_bridge::channel::Channel`]: airtime really elapses (divided by
 //! `--time-scale`), half duplex, collisions and `--loss` apply, and a radio hears only the
 //! radios the topology lets it hear (`all`: everyone; `line`: 0-1-2-..., neighbours only).
@@ -57,24 +58,38 @@ use tokio::sync::mpsc;
 use cairn_firmware_bridge::channel::{
     Channel, ChannelConfig, ChannelEvent, Link, RadioStats, Topology,
 };
+use cairn_firmware_bridge::meshtastic::MeshtasticDevice;
 use cairn_firmware_bridge::rnode_device::{
     KissTncDevice, RnodeDevice, RnodeDeviceConfig, RnodePhy,
 };
 use cairn_firmware_bridge::{DeviceSide, LoraParams, RadioKind};
 
-/// Builds a fresh device side, as the radio is when it boots (and when a host reopens it).
-type DeviceFactory = fn(LoraParams) -> Box<dyn DeviceSide>;
+/// Builds a fresh device side for radio `index`, as the radio is when it boots (and when a
+/// host reopens it). The index gives each radio its own identity where the firmware has one.
+type DeviceFactory = fn(usize, LoraParams) -> Box<dyn DeviceSide>;
 
-/// The device side each `--firmware` runs. Adding a firmware is one arm here, e.g.
-/// `RadioKind::Meshtastic => Some(|params| Box::new(MeshtasticDevice::new(params)))`
-/// (then drop it from the `None` arm).
+/// The device side each `--firmware` runs. Adding a firmware is one arm here (then drop it
+/// from the `None` arm).
 fn device_factory(kind: RadioKind) -> Option<DeviceFactory> {
     match kind {
-        RadioKind::Rnode => Some(|_| Box::new(RnodeDevice::new(RnodeDeviceConfig::default()))),
-        RadioKind::Kiss => Some(|params| Box::new(KissTncDevice::new(params))),
-        RadioKind::Meshtastic | RadioKind::Raw => None,
+        RadioKind::Rnode => Some(|_, _| Box::new(RnodeDevice::new(RnodeDeviceConfig::default()))),
+        RadioKind::Kiss => Some(|_, params| Box::new(KissTncDevice::new(params))),
+        // A stock device on LongFast (its own preset: `--params` is for KISS TNCs), with a
+        // node number of its own, as two real boards never share one.
+        RadioKind::Meshtastic => Some(|index, _| Box::new(MeshtasticDevice::new(node_num(index)))),
+        RadioKind::Raw => None,
     }
 }
+
+/// Meshtastic node number of radio `index`: `0x7ad1_0000 + index`, clear of the broadcast
+/// address and of the sender the devices report for frames heard on the air.
+fn node_num(index: usize) -> u32 {
+    // At most 256 radios (`--radios`), so the sum stays far from both.
+    MESHTASTIC_NODE_BASE + u32::try_from(index).unwrap_or(0)
+}
+
+/// First Meshtastic node number handed out (radio0's).
+const MESHTASTIC_NODE_BASE: u32 = 0x7ad1_0000;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -88,7 +103,7 @@ struct Cli {
     /// Who hears whom: all (everyone) or line (0-1-2-..., neighbours only).
     #[arg(long, value_enum, default_value_t = TopologyArg::All)]
     topology: TopologyArg,
-    /// Firmware each radio speaks to its host: rnode or kiss.
+    /// Firmware each radio speaks to its host: rnode, kiss or meshtastic (LongFast).
     #[arg(long, default_value_t = RadioKind::Rnode)]
     firmware: RadioKind,
     /// Directory for the links DIR/radio0, DIR/radio1, ... (created if missing).
@@ -163,7 +178,7 @@ fn main() -> anyhow::Result<()> {
     }
     let factory = device_factory(cli.firmware).with_context(|| {
         format!(
-            "cairn-vradio has no {} device side yet: use --firmware rnode or kiss",
+            "cairn-vradio has no {} device side: use --firmware rnode, kiss or meshtastic",
             cli.firmware
         )
     })?;
@@ -234,7 +249,7 @@ async fn run(cli: &Cli, factory: DeviceFactory) -> anyhow::Result<StatsLine> {
             .name(format!("radio{index}"))
             .spawn(move || read_port(index, &reader_master, &reader_events))
             .context("starting a port reader thread")?;
-        radios.push(Radio::new(factory(params), master));
+        radios.push(Radio::new(factory(index, params), master));
         links.push(link);
     }
     drop(events_tx);
@@ -496,7 +511,7 @@ impl Air {
                 let radio = &mut self.radios[index];
                 // Drop what was written for a previous host and never read.
                 let _ = tcflush(radio.master.as_fd(), FlushArg::TCOFLUSH);
-                radio.device = (self.factory)(self.params);
+                radio.device = (self.factory)(index, self.params);
                 radio.generation += 1;
                 radio.pending = None;
                 radio.unwritten.clear();

@@ -93,6 +93,10 @@ pub struct ArqConfig {
     pub max_retries: u32,
     /// Largest message accepted from the peer.
     pub max_message: usize,
+    /// Seeds the random part of each retransmission timeout (up to half of it): two
+    /// senders that lost frames to the same collision must not repeat in step and collide
+    /// again. 0 turns it off.
+    pub jitter_seed: u64,
 }
 
 impl ArqConfig {
@@ -107,6 +111,7 @@ impl ArqConfig {
             max_rto_ms: 8_000,
             max_retries: 8,
             max_message: MAX_MESSAGE,
+            jitter_seed: 0,
         }
     }
 
@@ -126,6 +131,7 @@ impl ArqConfig {
             // well over an hour at SF12 before it counts as gone.
             max_retries: 8,
             max_message: MAX_MESSAGE,
+            jitter_seed: 0,
         }
     }
 }
@@ -168,6 +174,8 @@ pub struct Arq {
     pub(super) in_flight: VecDeque<InFlight>,
     pub(super) next_seq: u8,
     rto_ms: u64,
+    /// State of the retransmission jitter (0: none).
+    jitter_state: u64,
     /// Smoothed round trip and its variation (RFC 6298), once measured.
     srtt_ms: Option<u64>,
     rttvar_ms: u64,
@@ -195,6 +203,7 @@ impl Arq {
         assert!(config.max_frame > ARQ_HEADER_LEN + 1, "ARQ frame too small");
         assert!((1..=MAX_WINDOW).contains(&config.window), "bad ARQ window");
         Self {
+            jitter_state: config.jitter_seed,
             rto_ms: config.rto_ms,
             srtt_ms: None,
             rttvar_ms: 0,
@@ -611,7 +620,7 @@ impl Arq {
         entry.sent_at = Some(now);
         self.ack_sent();
         if !more_after {
-            self.retransmit_at = Some(now + self.rto_ms);
+            self.retransmit_at = Some(now + self.rto_ms + self.jitter(self.rto_ms / 2));
         }
         Some(frame)
     }
@@ -661,6 +670,19 @@ impl Arq {
             return Some(frame);
         }
         None
+    }
+
+    /// A random wait in `0..=max` ms from the configured seed (xorshift64*), or 0.
+    fn jitter(&mut self, max: u64) -> u64 {
+        if self.jitter_state == 0 {
+            return 0;
+        }
+        let mut x = self.jitter_state;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.jitter_state = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D) % (max + 1)
     }
 
     fn ack_sent(&mut self) {

@@ -223,6 +223,10 @@ pub struct LinkStats {
     pub duty_cycle_waits: u64,
     /// Times we drew a new address because another node used ours.
     pub address_changes: u64,
+    /// Beacons with our own address heard while we had sessions (kept our address).
+    pub address_clashes_ignored: u64,
+    /// Message 1s dropped as replays of one heard from another address.
+    pub replayed_openings: u64,
     /// ARQ counters summed over sessions that ended, plus the live ones at the time of asking.
     pub arq: ArqStats,
 }
@@ -235,6 +239,42 @@ struct Peer {
     arq: Option<Arq>,
     /// A newer handshake with the same address, replacing this session once it completes.
     successor: Option<Box<Peer>>,
+    /// When we last heard a frame from this peer.
+    last_heard: u64,
+    /// When we last answered a repeat of its message 1 (each repeat would queue another
+    /// copy of message 2).
+    answered_at: Option<u64>,
+    /// The message 1 a responder session answers (a hash): a repeat of it is fed to the
+    /// same session, a different one (the peer started over) replaces it.
+    opening: Option<[u8; 16]>,
+}
+
+impl Peer {
+    fn new(hop: HopSession, initiator: bool, now: u64) -> Self {
+        Self {
+            hop,
+            initiator,
+            arq: None,
+            successor: None,
+            last_heard: now,
+            answered_at: None,
+            opening: None,
+        }
+    }
+}
+
+/// A session whose peer has been silent this long may give its slot to a newcomer when
+/// every slot is taken (a peer that walked away says nothing: idle links are silent).
+pub const IDLE_SLOT_MS: u64 = 10 * 60_000;
+
+/// Message 1s remembered to recognise one replayed from another address.
+const RECENT_OPENINGS: usize = 64;
+
+/// What identifies a message 1: a hash of its bytes.
+fn opening_key(datagram: &[u8]) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&blake3::hash(datagram).as_bytes()[..16]);
+    key
 }
 
 /// A frame link: every peer reachable over one bearer.
@@ -245,6 +285,9 @@ pub struct FrameLink {
     net: u16,
     rng: ChaCha8Rng,
     peers: BTreeMap<Addr, Peer>,
+    /// Hashes of recent message 1s and the address each came from: the same opening from
+    /// another address is a replay (a genuine one, recorded off the air).
+    openings: VecDeque<([u8; 16], Addr)>,
     /// Peers we heard beacons from but have no session with: when we first heard them.
     heard: BTreeMap<Addr, u64>,
     events: VecDeque<LinkEvent>,
@@ -298,6 +341,7 @@ impl FrameLink {
             config,
             peers: BTreeMap::new(),
             heard: BTreeMap::new(),
+            openings: VecDeque::new(),
             events: VecDeque::new(),
             staged: None,
             staged_data: false,
@@ -425,16 +469,14 @@ impl FrameLink {
                 mtu: self.config.hop_mtu(),
             },
         );
-        if let Some(params) = self.config.params() {
-            // Retransmit a handshake message only after the whole exchange could have
-            // happened: three largest frames on air and the peer's pacing.
-            let exchange_ms = 3 * lora::airtime_us(&params, self.config.max_frame) / 1_000;
-            config.handshake_retransmit_ms = (exchange_ms * 2).max(5_000);
-            config.handshake_timeout_ms = (exchange_ms * 20).max(120_000);
-        } else {
-            config.handshake_retransmit_ms = 1_000;
-            config.handshake_timeout_ms = 30_000;
-        }
+        // Each session its own retransmission interval: two nodes that started at the same
+        // instant (hearing the same beacon) must not repeat in step and collide every time.
+        let base = self.handshake_retransmit_ms();
+        config.handshake_retransmit_ms = base + self.rng.next_u64() % (base / 2 + 1);
+        config.handshake_timeout_ms = match self.config.params() {
+            Some(_) => (base * 10).max(120_000),
+            None => 30_000,
+        };
         let mut seed = [0u8; 32];
         self.rng.fill_bytes(&mut seed);
         self.stats.handshakes += 1;
@@ -466,19 +508,14 @@ impl FrameLink {
     /// Starts a handshake with `addr` as initiator.
     fn initiate(&mut self, now: u64, addr: Addr) {
         if self.peers.len() >= self.config.max_peers {
+            self.free_idle_slot(now);
+        }
+        if self.peers.len() >= self.config.max_peers {
             return;
         }
         if let Ok(hop) = self.new_session(now, Role::Initiator) {
             self.heard.remove(&addr);
-            self.peers.insert(
-                addr,
-                Peer {
-                    hop,
-                    initiator: true,
-                    arq: None,
-                    successor: None,
-                },
-            );
+            self.peers.insert(addr, Peer::new(hop, true, now));
         }
     }
 
@@ -486,9 +523,11 @@ impl FrameLink {
     pub fn handle_frame(&mut self, now: u64, bytes: &[u8]) {
         self.stats.frames_heard += 1;
         if self.config.params().is_some() {
-            // Let whoever else heard this speak first, or not at the same instant as us.
+            // Let whoever else heard this speak first, or not at the same instant as us: a
+            // random wait of up to one largest frame, so that two answers to the same frame
+            // usually do not overlap where they meet.
             let slot = self.config.airtime_us(frame::BEACON_LEN + FRAME_OVERHEAD) / 1_000 + 20;
-            let wait = self.rng.next_u64() % (slot * 3 + 1);
+            let wait = self.rng.next_u64() % ((slot * 3).max(self.frame_ms()) + 1);
             self.quiet_until = self.quiet_until.max(now + wait);
         }
         let Ok(frame) = LinkFrame::parse(bytes) else {
@@ -502,8 +541,14 @@ impl FrameLink {
                     return;
                 }
                 if src == self.addr {
-                    // Someone else drew our address: neither of us could be told apart.
-                    self.redraw_address(now);
+                    // Someone else drew our address, or repeats it to cut our sessions
+                    // (beacons are not authenticated). A node with sessions keeps its
+                    // address: the newcomer, which has none, is the one that moves.
+                    if self.peers.values().all(|p| p.arq.is_none()) {
+                        self.redraw_address(now);
+                    } else {
+                        self.stats.address_clashes_ignored += 1;
+                    }
                     return;
                 }
                 self.heard_beacon(now, src);
@@ -516,7 +561,11 @@ impl FrameLink {
             }
             LinkFrame::Transport { src, datagram } => {
                 if let Some(peer) = self.peers.get_mut(&src) {
+                    let before = peer.hop.stats().frames_received;
                     peer.hop.handle_input(now, &datagram);
+                    if peer.hop.stats().frames_received > before {
+                        peer.last_heard = now;
+                    }
                     self.drain_peer(now, src);
                 }
             }
@@ -548,37 +597,73 @@ impl FrameLink {
     }
 
     fn heard_beacon(&mut self, now: u64, src: Addr) {
-        if self.peers.contains_key(&src) {
+        if self.peers.contains_key(&src) || self.heard.contains_key(&src) {
             return;
         }
-        if self.addr < src {
-            self.initiate(now, src);
-            return;
+        // Everyone who heard this beacon may react to it: spread the reactions over a few
+        // frame times so they do not collide where they meet.
+        let spread = self.frame_ms() * 2 + 1;
+        let due = if self.addr < src {
+            // The lower address starts the handshake.
+            now + self.rng.next_u64() % spread
+        } else {
+            // The higher one makes sure the lower hears it (once per stranger), and starts
+            // itself if no handshake came by then (our beacon or its message 1 was lost).
+            self.next_beacon = self.next_beacon.min(now + self.rng.next_u64() % spread);
+            now + 4 * spread + self.rng.next_u64() % spread + 500
+        };
+        self.heard.insert(src, due);
+        // Bounded: strangers' beacons cannot grow this without limit.
+        while self.heard.len() > 4 * self.config.max_peers {
+            self.heard.pop_first();
         }
-        // The lower address starts; make sure it hears us, and start ourselves if a second
-        // beacon shows it did not (it may have lost our session while we lost its).
-        match self.heard.get(&src) {
-            Some(&first) if now > first => self.initiate(now, src),
-            Some(_) => {}
-            None => {
-                self.heard.insert(src, now);
-                // Bounded: strangers' beacons cannot grow this without limit.
-                while self.heard.len() > 4 * self.config.max_peers {
-                    self.heard.pop_first();
-                }
-                let recent = self
-                    .last_beacon
-                    .is_some_and(|at| now < at + self.config.beacon_interval_ms / 10);
-                if !recent {
-                    self.next_beacon = self.next_beacon.min(now);
-                }
+    }
+
+    /// Airtime of a largest frame in ms (0 on a cable of unknown rate).
+    fn frame_ms(&self) -> u64 {
+        self.config.airtime_us(self.config.max_frame) / 1_000
+    }
+
+    /// Handshakes due with peers whose beacons we heard. On a radio one handshake of ours
+    /// runs at a time: two peers answering our message 1s at once would collide at us.
+    fn start_due_handshakes(&mut self, now: u64) {
+        let due: Vec<Addr> = self
+            .heard
+            .iter()
+            .filter(|(_, &at)| at <= now)
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in due {
+            if self.peers.contains_key(&addr) {
+                self.heard.remove(&addr);
+                continue;
             }
+            let busy = self.config.params().is_some()
+                && self.peers.values().any(|p| p.initiator && p.arq.is_none());
+            if busy {
+                let later = now + self.frame_ms() * 3 + 1;
+                self.heard.insert(addr, later);
+                continue;
+            }
+            self.initiate(now, addr);
+            // Slots full: forget it; its next beacon tries again.
+            self.heard.remove(&addr);
         }
     }
 
     fn handshake_frame(&mut self, now: u64, src: Addr, datagram: &[u8]) {
         let is_first = datagram.first() == Some(&1);
         let lower = self.addr < src;
+        let opening = is_first.then(|| opening_key(datagram));
+        if let Some(key) = opening {
+            if self.replayed_opening(key, src) {
+                self.stats.replayed_openings += 1;
+                return;
+            }
+        }
+        if is_first && !self.peers.contains_key(&src) && self.peers.len() >= self.config.max_peers {
+            self.free_idle_slot(now);
+        }
         enum Action {
             Feed,
             Replace,
@@ -590,6 +675,16 @@ impl FrameLink {
             // Messages 2 and 3 (and repeats) of a handshake in progress, or a repeated
             // message 1 of a replacement already underway.
             Some(peer) if !is_first || peer.successor.is_some() => Action::Feed,
+            // A repeat of the message 1 our pending responder session answers (our message 2
+            // was lost): the session answers it again. A different one: the peer started
+            // over, and the new handshake replaces the unfinished one.
+            Some(peer) if !peer.initiator && peer.arq.is_none() => {
+                if peer.opening == opening {
+                    Action::Feed
+                } else {
+                    Action::Replace
+                }
+            }
             // Both started at once: the lower address keeps the initiator role.
             Some(peer) if peer.initiator && peer.arq.is_none() => {
                 if lower {
@@ -608,11 +703,24 @@ impl FrameLink {
         match action {
             Action::Drop => return,
             Action::Feed => {
+                let retransmit = self.handshake_retransmit_ms();
                 if let Some(peer) = self.peers.get_mut(&src) {
                     let target = match peer.successor.as_deref_mut() {
                         Some(next) if is_first || !next.initiator => next,
                         _ => peer,
                     };
+                    if is_first {
+                        // A lost message 2 is worth sending again, once per retransmission
+                        // interval: not once per repeat heard (they would pile up while
+                        // the channel makes us wait).
+                        if target
+                            .answered_at
+                            .is_some_and(|at| now < at + retransmit / 2)
+                        {
+                            return;
+                        }
+                        target.answered_at = Some(now);
+                    }
                     target.hop.handle_input(now, datagram);
                 }
             }
@@ -628,12 +736,9 @@ impl FrameLink {
                     // handshake timeout.
                     return;
                 }
-                let fresh = Peer {
-                    hop,
-                    initiator: false,
-                    arq: None,
-                    successor: None,
-                };
+                let mut fresh = Peer::new(hop, false, now);
+                fresh.answered_at = Some(now);
+                fresh.opening = opening;
                 self.heard.remove(&src);
                 match (action, self.peers.get_mut(&src)) {
                     (Action::Succeed, Some(peer)) => peer.successor = Some(Box::new(fresh)),
@@ -646,12 +751,52 @@ impl FrameLink {
         self.drain_peer(now, src);
     }
 
+    /// Whether this message 1 was heard lately from another address: a genuine opening
+    /// recorded off the air and replayed to fill our peer slots.
+    fn replayed_opening(&mut self, key: [u8; 16], src: Addr) -> bool {
+        if let Some(&(_, from)) = self.openings.iter().find(|(k, _)| *k == key) {
+            return from != src;
+        }
+        if self.openings.len() >= RECENT_OPENINGS {
+            self.openings.pop_front();
+        }
+        self.openings.push_back((key, src));
+        false
+    }
+
+    /// Every slot is taken and someone new calls: the session silent longest gives way if
+    /// it has been silent for [`IDLE_SLOT_MS`], and an unfinished handshake gives way first.
+    fn free_idle_slot(&mut self, now: u64) {
+        let victim = self
+            .peers
+            .iter()
+            .filter(|(_, p)| now.saturating_sub(p.last_heard) >= IDLE_SLOT_MS || p.arq.is_none())
+            .min_by_key(|(_, p)| (p.arq.is_some(), p.last_heard))
+            .map(|(a, _)| *a);
+        if let Some(addr) = victim {
+            if let Some(peer) = self.peers.remove(&addr) {
+                self.retire(addr, peer, "silent, and its slot was needed".into());
+            }
+        }
+    }
+
+    /// Least wait before a handshake message is sent again: on a radio, long enough for
+    /// the whole exchange (three largest frames on air, twice).
+    fn handshake_retransmit_ms(&self) -> u64 {
+        match self.config.params() {
+            Some(_) => (3 * self.frame_ms() * 2).max(5_000),
+            None => 1_000,
+        }
+    }
+
     /// Moves a peer's hop events into its ARQ and out as link events.
     fn drain_peer(&mut self, now: u64, addr: Addr) {
         let arq_config = self.arq_config();
         // The handshake settled on the smaller of the two ends' frames: cut ours to it.
+        let jitter_seed = self.rng.next_u64() | 1;
         let stream_config = |hop: &HopSession| ArqConfig {
             max_frame: arq_config.max_frame.min(hop.max_plaintext()),
+            jitter_seed,
             ..arq_config
         };
         let own_device = self.config.local.credential.device;
@@ -771,6 +916,7 @@ impl FrameLink {
         }
         consider(self.wake_at);
         consider(self.data_wake_at.map(|at| at.max(self.channel_free_at())));
+        consider(self.heard.values().min().copied());
         next
     }
 
@@ -790,6 +936,7 @@ impl FrameLink {
     /// Timers: handshake retransmissions and deadlines, ARQ retransmissions and
     /// acknowledgements.
     pub fn handle_timeout(&mut self, now: u64) {
+        self.start_due_handshakes(now);
         let addrs: Vec<Addr> = self.peers.keys().copied().collect();
         for addr in addrs {
             let mut failed = None;
@@ -879,9 +1026,16 @@ impl FrameLink {
         }
         if now >= self.beacon_due_at() {
             self.last_beacon = Some(now);
-            let jitter = self.config.beacon_interval_ms / 5;
-            self.next_beacon = now + self.config.beacon_interval_ms - jitter
-                + self.rng.next_u64() % (2 * jitter + 1);
+            // Right after start, a lost beacon would cost a whole interval: the second and
+            // third come after 10 s and 30 s (5 bytes each), then the regular interval.
+            let interval = match self.stats.beacons_sent {
+                0 => 10_000,
+                1 => 30_000,
+                _ => self.config.beacon_interval_ms,
+            }
+            .min(self.config.beacon_interval_ms);
+            let jitter = interval / 5;
+            self.next_beacon = now + interval - jitter + self.rng.next_u64() % (2 * jitter + 1);
             self.stats.beacons_sent += 1;
             return Some(
                 LinkFrame::Beacon {
