@@ -355,3 +355,55 @@ fn kiss_ports_exchange_data_frames_and_sigterm_stops_cleanly() {
     assert_eq!(stats["radios"][1]["frames_delivered"], attempts);
     assert!(stats["radios"][0]["airtime_us"].as_u64().unwrap() > 900_000 * attempts);
 }
+
+/// `--duty-cycle`: a radio refuses what would exceed its share of the hour, as regulated
+/// firmware does, and says so in its statistics.
+#[test]
+fn a_radio_refuses_frames_past_its_duty_cycle() {
+    // 1% of an hour is 36 s; a 200-byte frame at SF12 takes over 7 s, so at most 4 fit.
+    let mut vradio = VRadio::start(&[
+        "--radios",
+        "2",
+        "--firmware",
+        "kiss",
+        "--time-scale",
+        "20",
+        "--params",
+        "sf12",
+        "--duty-cycle",
+        "1",
+    ]);
+    let mut a = vradio.open(0);
+    let mut b = vradio.open(1);
+    let mut written = 0u64;
+    // Until the radio has noticed both ports (see the KISS test above), then a backlog.
+    for _ in 0..3 {
+        a.write(&encode(&Frame::data(0, vec![1; 200])));
+        written += 1;
+        if b.next_frame(Instant::now() + Duration::from_secs(1))
+            .is_some()
+        {
+            break;
+        }
+    }
+    for _ in 0..8 {
+        a.write(&encode(&Frame::data(0, vec![2; 200])));
+        written += 1;
+    }
+    while b
+        .next_frame(Instant::now() + Duration::from_secs(2))
+        .is_some()
+    {}
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(vradio.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let stats = vradio.stopped();
+    let sent = stats["radios"][0]["frames_sent"].as_u64().unwrap();
+    let refused = stats["radios"][0]["refused_duty_cycle"].as_u64().unwrap();
+    assert_eq!(sent + refused, written, "{stats}");
+    assert!(sent <= 4 && refused >= written - 4, "{stats}");
+    assert!(stats["radios"][0]["airtime_us"].as_u64().unwrap() <= 36_000_000);
+}

@@ -14,6 +14,8 @@
 //! [`cairn_firmware_bridge::channel::Channel`]: airtime really elapses (divided by
 //! `--time-scale`), half duplex, collisions and `--loss` apply, and a radio hears only the
 //! radios the topology lets it hear (`all`: everyone; `line`: 0-1-2-..., neighbours only).
+//! With `--duty-cycle PERCENT`, each radio refuses a frame that would take it past that share
+//! of any (virtual) hour, as firmware that enforces the EU868 limits does.
 //!
 //! Protocol on stdout, one JSON object per line:
 //!
@@ -21,7 +23,7 @@
 //! * on SIGTERM, SIGINT or end of stdin (unless `--no-stdin`), the channel's statistics,
 //!   then exit 0: `{"stopped":true,"virtual_ms":...,"radios":[{"radio":0,"path":...,
 //!   "frames_sent":...,"airtime_us":...,"frames_delivered":...,"lost_to_collision":...,
-//!   "lost_to_half_duplex":...,"lost_at_random":...},...]}`.
+//!   "lost_to_half_duplex":...,"lost_at_random":...,"refused_duty_cycle":...},...]}`.
 //!
 //! Human-readable notes (a host connected, a frame sent) go to stderr.
 //!
@@ -58,6 +60,7 @@ use tokio::sync::mpsc;
 use cairn_firmware_bridge::channel::{
     Channel, ChannelConfig, ChannelEvent, Link, RadioStats, Topology,
 };
+use cairn_firmware_bridge::lora::{airtime_us, DutyCycle, DutyCycleConfig};
 use cairn_firmware_bridge::meshtastic::MeshtasticDevice;
 use cairn_firmware_bridge::rnode_device::{
     KissTncDevice, RnodeDevice, RnodeDeviceConfig, RnodePhy,
@@ -121,6 +124,11 @@ struct Cli {
     /// Radio parameters of a KISS TNC (an RNode's host chooses its own): sf7 or sf12.
     #[arg(long, value_enum, default_value_t = ParamsArg::Sf7)]
     params: ParamsArg,
+    /// Regulatory duty cycle each radio enforces, in percent of any hour (EU868 g1: 1).
+    /// A frame that would exceed it is refused and counted, as regulated firmware does.
+    /// Off if unset.
+    #[arg(long, value_name = "PERCENT")]
+    duty_cycle: Option<f64>,
     /// Capture effect: a frame survives overlapping ones this many dB weaker (off if unset).
     #[arg(long)]
     capture_db: Option<f32>,
@@ -167,6 +175,9 @@ const CSMA_WINDOWS: u64 = 16;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.duty_cycle.is_some_and(|p| !(0.1..=100.0).contains(&p)) {
+        bail!("--duty-cycle is a percentage between 0.1 and 100");
+    }
     if !(0.0..=1.0).contains(&cli.loss) {
         bail!("--loss must be a probability in [0, 1], got {}", cli.loss);
     }
@@ -217,6 +228,8 @@ struct RadioReport {
     lost_to_collision: u64,
     lost_to_half_duplex: u64,
     lost_at_random: u64,
+    /// Frames the radio refused because they would exceed `--duty-cycle`.
+    refused_duty_cycle: u64,
 }
 
 async fn run(cli: &Cli, factory: DeviceFactory) -> anyhow::Result<StatsLine> {
@@ -249,7 +262,15 @@ async fn run(cli: &Cli, factory: DeviceFactory) -> anyhow::Result<StatsLine> {
             .name(format!("radio{index}"))
             .spawn(move || read_port(index, &reader_master, &reader_events))
             .context("starting a port reader thread")?;
-        radios.push(Radio::new(factory(index, params), master));
+        let mut radio = Radio::new(factory(index, params), master);
+        radio.duty = cli.duty_cycle.map(|percent| {
+            // Virtual ms: a `--time-scale` run keeps the same budget per virtual hour.
+            DutyCycle::new(DutyCycleConfig::with_permille(
+                (percent * 10.0).round() as u32,
+                3_600_000,
+            ))
+        });
+        radios.push(radio);
         links.push(link);
     }
     drop(events_tx);
@@ -326,7 +347,9 @@ async fn run(cli: &Cli, factory: DeviceFactory) -> anyhow::Result<StatsLine> {
         .iter()
         .zip(&links)
         .enumerate()
-        .map(|(radio, (stats, link))| report(radio, link, stats))
+        .map(|(radio, (stats, link))| {
+            report(radio, link, stats, air.radios[radio].refused_duty_cycle)
+        })
         .collect();
     Ok(StatsLine {
         stopped: true,
@@ -335,7 +358,7 @@ async fn run(cli: &Cli, factory: DeviceFactory) -> anyhow::Result<StatsLine> {
     })
 }
 
-fn report(radio: usize, link: &Path, stats: &RadioStats) -> RadioReport {
+fn report(radio: usize, link: &Path, stats: &RadioStats, refused: u64) -> RadioReport {
     RadioReport {
         radio,
         path: link.display().to_string(),
@@ -345,6 +368,7 @@ fn report(radio: usize, link: &Path, stats: &RadioStats) -> RadioReport {
         lost_to_collision: stats.lost_to_collision,
         lost_to_half_duplex: stats.lost_to_half_duplex,
         lost_at_random: stats.lost_at_random,
+        refused_duty_cycle: refused,
     }
 }
 
@@ -474,6 +498,10 @@ struct Radio {
     generation: u64,
     /// Generation of the device whose frame is on air.
     on_air: Option<u64>,
+    /// Airtime in the last hour, when `--duty-cycle` is set (in virtual ms).
+    duty: Option<DutyCycle>,
+    /// Frames refused for the duty cycle.
+    refused_duty_cycle: u64,
 }
 
 impl Radio {
@@ -487,6 +515,8 @@ impl Radio {
             retry_at_us: 0,
             generation: 0,
             on_air: None,
+            duty: None,
+            refused_duty_cycle: 0,
         }
     }
 }
@@ -602,6 +632,25 @@ impl Air {
             let windows = self.rng.next_u64() % CSMA_WINDOWS;
             radio.retry_at_us = quiet_us.saturating_add(slot_us * windows);
             return;
+        }
+        if let Some(duty) = radio.duty.as_mut() {
+            let airtime_us = self
+                .channel
+                .params(index)
+                .map_or(0, |params| airtime_us(&params, frame.len()));
+            if duty.earliest(now_us / 1_000, airtime_us) > now_us / 1_000 {
+                radio.refused_duty_cycle += 1;
+                if self.verbose {
+                    eprintln!(
+                        "cairn-vradio: radio{index}: frame refused, it would exceed the duty cycle"
+                    );
+                }
+                radio.device.handle_transmitted();
+                radio.pending = None;
+                // The device may have more queued: each is refused (or sent) in turn.
+                return self.try_transmit(index, now_us);
+            }
+            duty.record(now_us / 1_000, airtime_us);
         }
         match self.channel.transmit(now_us, index, frame) {
             Ok(end_us) => {
