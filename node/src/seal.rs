@@ -263,6 +263,32 @@ impl std::fmt::Debug for PairKeys {
     }
 }
 
+/// Opens `body` (after its format byte) under one day's key of a direction and checks the
+/// receipt lock.
+fn open_with(
+    key: &DayKey,
+    header: &SealedHeader,
+    receipt_lock: &ReceiptLock,
+    body: &[u8],
+) -> Result<Opened, SealError> {
+    let ad = header.associated_data();
+    let plaintext = key
+        .cipher()
+        .decrypt(
+            Nonce::from_slice(&receipt_lock.0),
+            Payload {
+                msg: &body[1..],
+                aad: &ad,
+            },
+        )
+        .map_err(|_| SealError::Forged)?;
+    let proof = key.proof(&ad, &plaintext);
+    if proof.lock() != *receipt_lock {
+        return Err(SealError::Forged);
+    }
+    Ok(Opened { plaintext, proof })
+}
+
 /// Seals under one day's key of a direction (the sender's outgoing key).
 fn seal_with(key: &DayKey, header: &SealedHeader, plaintext: &[u8]) -> Result<Sealed, SealError> {
     if plaintext.len() > cairn_sync::envelope::MAX_BODY_LEN - SEAL_OVERHEAD {
@@ -381,24 +407,9 @@ impl PairKeys {
             .iter()
             .find(|k| k.period % 16 == nibble)
             .ok_or(SealError::KeyExpired)?;
-        let ad = header.associated_data();
-        let plaintext = key
-            .cipher()
-            .decrypt(
-                Nonce::from_slice(&receipt_lock.0),
-                Payload {
-                    msg: &body[1..],
-                    aad: &ad,
-                },
-            )
-            .map_err(|_| SealError::Forged)?;
-        let proof = key.proof(&ad, &plaintext);
-        if proof.lock() != *receipt_lock {
-            // Only the sender's own key could have produced this ciphertext, so this is a
-            // sender breaking the format, not a carrier.
-            return Err(SealError::Forged);
-        }
-        Ok(Opened { plaintext, proof })
+        // Only the sender's own key could have produced a ciphertext whose lock then fails,
+        // so that is a sender breaking the format, not a carrier.
+        open_with(key, header, receipt_lock, body)
     }
 
     /// Opens a body this side sealed for the peer today (the outgoing key of other days is
@@ -419,22 +430,7 @@ impl PairKeys {
         if body[0] != (FORMAT_V1 << 4) | (self.outgoing.period % 16) as u8 {
             return Err(SealError::KeyExpired);
         }
-        let ad = header.associated_data();
-        let plaintext = self
-            .outgoing
-            .cipher()
-            .decrypt(
-                Nonce::from_slice(&receipt_lock.0),
-                Payload {
-                    msg: &body[1..],
-                    aad: &ad,
-                },
-            )
-            .map_err(|_| SealError::Forged)?;
-        if self.outgoing.proof(&ad, &plaintext).lock() != *receipt_lock {
-            return Err(SealError::Forged);
-        }
-        Ok(plaintext)
+        open_with(&self.outgoing, header, receipt_lock, body).map(|opened| opened.plaintext)
     }
 
     /// Seals `plaintext` exactly as the peer would have on day `period` with its outgoing

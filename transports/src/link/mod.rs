@@ -81,15 +81,11 @@ pub struct LinkConfig {
     pub max_peers: usize,
 }
 
-/// LoRa parameters assumed when the firmware picks its own (Meshtastic's LongFast preset).
-pub const ASSUMED_FIRMWARE_PARAMS: LoraParams = LoraParams {
-    frequency_hz: 869_525_000,
-    bandwidth_hz: 250_000,
-    spreading_factor: 11,
-    coding_rate: 5,
-    tx_power_dbm: 27,
-    preamble_symbols: 16,
-};
+/// LoRa parameters assumed when the firmware picks its own: Meshtastic's LongFast preset,
+/// its default (a team that changed the preset paces more cautiously or less than it
+/// could; airtime is only an estimate there).
+pub const ASSUMED_FIRMWARE_PARAMS: LoraParams =
+    cairn_firmware_bridge::meshtastic::long_fast_eu868();
 
 impl LinkConfig {
     /// Defaults for a bearer: radios get a 1% duty cycle over an hour and a beacon interval
