@@ -684,8 +684,14 @@ impl SyncSession {
     /// form when the [`SessionConfig::compactor`] has one. An item that no longer exists,
     /// or does not fit one frame, is skipped (reconciliation finds it as before).
     pub fn push(&mut self, id: ItemId) {
-        if self.push_queue.len() < MAX_PUSH_QUEUE && !self.push_queue.contains(&id) {
+        if self.push_queue.contains(&id) {
+            return;
+        }
+        if self.push_queue.len() < MAX_PUSH_QUEUE {
             self.push_queue.push_back(id);
+        } else {
+            // Too many at once: reconciliation finds what did not fit.
+            self.store_changed = true;
         }
     }
 
@@ -868,7 +874,9 @@ impl SyncSession {
                 match rebuilt {
                     Some(item) => self.accept_pushed(now, item.encode(), store, step),
                     None => {
+                        // Not rebuilt here: a round finds the item and asks for it whole.
                         self.compact_refused += 1;
+                        self.store_changed = true;
                         Ok(())
                     }
                 }
@@ -1669,6 +1677,7 @@ impl SyncSession {
                 if frame.is_empty() {
                     // Larger than a frame: reconciliation sends it in chunks.
                     self.push_queue.pop_front();
+                    self.store_changed = true;
                     continue;
                 }
                 return Ok(());

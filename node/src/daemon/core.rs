@@ -280,13 +280,15 @@ impl Core {
             self.app.mark_sealed_all(&pairs)?;
             // A recipient we are linked to right now gets its message straight away; a round
             // with it would find nothing more, while carriers still need one.
-            for (recipient, id) in recipients.iter().zip(&stored) {
-                self.shared.push_to(*recipient, *id);
-            }
-            self.shared.changed(recipients.iter().map(|r| Change {
-                from: None,
-                pushed_to: Some(*r),
-            }));
+            let changes: Vec<Change> = recipients
+                .iter()
+                .zip(&stored)
+                .map(|(recipient, id)| Change {
+                    from: None,
+                    pushed_to: self.shared.push_to(*recipient, *id).then_some(*recipient),
+                })
+                .collect();
+            self.shared.changed(changes);
             for ((envelope, id), to) in envelopes.iter().zip(stored).zip(labels) {
                 stories.push(Story::Sealed {
                     to,
@@ -436,10 +438,10 @@ impl Core {
             let mut changes = Vec::new();
             for (receipt, message) in receipts.into_iter().zip(&incoming) {
                 if let Ok(receipt) = receipt {
-                    self.shared.push_to(*message.from.as_bytes(), receipt);
+                    let sender = *message.from.as_bytes();
                     changes.push(Change {
                         from: None,
-                        pushed_to: Some(*message.from.as_bytes()),
+                        pushed_to: self.shared.push_to(sender, receipt).then_some(sender),
                     });
                 }
             }

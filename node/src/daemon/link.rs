@@ -121,8 +121,12 @@ pub async fn run_link(
             },
             _ = changed.changed() => {
                 if let Some(s) = sync.as_mut() {
-                    take_pushes(&shared, s);
-                    if summary.peer.is_some_and(|p| shared.needs_round(&p, &mut change_cursor)) {
+                    // On the LAN every change goes through a round (they cost milliseconds and
+                    // keep bulk transfers in large frames); pushes are for frame links.
+                    if summary
+                        .peer
+                        .is_some_and(|p| shared.needs_round(&p, &mut change_cursor, false))
+                    {
                         s.notify_store_changed();
                     }
                 }
@@ -162,7 +166,7 @@ pub async fn run_link(
                 HopEvent::Established { peer } => {
                     // A sync frame must fit in one hop frame (65,519 bytes on a stream).
                     let mtu = hop.max_plaintext().min(cairn_sync::wire::MAX_MTU);
-                    match start_sync(&shared, link, &peer, outbound, mtu, STREAM_STALL_MS) {
+                    match start_sync(&shared, link, &peer, outbound, mtu, STREAM_STALL_MS, false) {
                         Ok(session) => {
                             // Round 0 covers every change before this instant.
                             change_cursor = shared.change_cursor();
@@ -209,7 +213,8 @@ pub async fn run_link(
         // Pushes that did not go out wait for the next session with this peer.
         if let Some(s) = sync.as_mut() {
             for id in s.take_unsent_pushes() {
-                shared.push_to(peer, id);
+                // A full queue leaves it to the next session's first round.
+                let _ = shared.push_to(peer, id);
             }
         }
     }
@@ -245,6 +250,7 @@ pub(super) fn start_sync(
     outbound: bool,
     mtu: usize,
     stall_timeout_ms: u64,
+    direct: bool,
 ) -> Result<SyncSession, String> {
     if peer.identity == shared.own_identity {
         return Err("connected to ourselves".into());
@@ -259,7 +265,7 @@ pub(super) fn start_sync(
     };
     let config = SessionConfig {
         stall_timeout_ms,
-        compactor: Some(shared.direct.clone()),
+        compactor: direct.then(|| shared.direct.clone() as Arc<dyn cairn_sync::compact::Compactor>),
         ..SessionConfig::new(mtu, shared.policy())
     };
     let mut session = SyncSession::new(
@@ -270,7 +276,9 @@ pub(super) fn start_sync(
         Timestamp::from_millis(now_ms()),
     )
     .map_err(|e| format!("sync session: {e}"))?;
-    take_pushes(shared, &mut session);
+    if direct {
+        take_pushes(shared, &mut session);
+    }
     Ok(session)
 }
 

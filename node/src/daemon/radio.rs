@@ -246,7 +246,7 @@ pub async fn run_radio(
                 for peer in peers.values_mut() {
                     if let Some(sync) = peer.sync.as_mut() {
                         take_pushes(&shared, sync);
-                        if shared.needs_round(&peer.identity, &mut peer.change_cursor) {
+                        if shared.needs_round(&peer.identity, &mut peer.change_cursor, true) {
                             sync.notify_store_changed();
                         }
                     }
@@ -428,6 +428,7 @@ fn try_start(shared: &Shared, link: &FrameLink, addr: Addr, peer: &mut RadioPeer
         peer.initiator,
         mtu,
         stall_ms,
+        true,
     ) {
         Ok(session) => {
             // Round 0 covers every change before this instant.
@@ -464,7 +465,8 @@ fn end_sync(shared: &Shared, peer: &mut RadioPeer, reason: &str) {
         forward_events(shared, &mut sync, &mut peer.summary);
         // Pushes that did not go out wait for the next session with this peer.
         for id in sync.take_unsent_pushes() {
-            shared.push_to(peer.identity, id);
+            // A full queue leaves it to the next session's first round.
+            let _ = shared.push_to(peer.identity, id);
         }
         shared.link_down(&peer.identity, peer.link_id);
         tracing::debug!(reason, "sync session over a frame link ended");

@@ -79,8 +79,8 @@ pub struct Change {
 }
 
 impl Change {
-    fn concerns(&self, peer: &[u8; 32]) -> bool {
-        self.from.as_ref() != Some(peer) && self.pushed_to.as_ref() != Some(peer)
+    fn concerns(&self, peer: &[u8; 32], pushes: bool) -> bool {
+        self.from.as_ref() != Some(peer) && (!pushes || self.pushed_to.as_ref() != Some(peer))
     }
 }
 
@@ -170,7 +170,9 @@ impl Shared {
     }
 
     /// Whether the changes since `cursor` need a round with `peer`; moves the cursor.
-    pub fn needs_round(&self, peer: &[u8; 32], cursor: &mut u64) -> bool {
+    /// `pushes`: whether this link sends what is pushed to its peer (frame links do; a LAN
+    /// link leaves it to its rounds).
+    pub fn needs_round(&self, peer: &[u8; 32], cursor: &mut u64, pushes: bool) -> bool {
         let log = self.changes_log.lock().unwrap_or_else(|p| p.into_inner());
         let first = log.next - log.records.len() as u64;
         let since = std::mem::replace(cursor, log.next);
@@ -180,17 +182,20 @@ impl Shared {
         log.records
             .iter()
             .skip((since - first) as usize)
-            .any(|c| c.concerns(peer))
+            .any(|c| c.concerns(peer, pushes))
     }
 
     /// Queues `id` to be pushed to `peer` by whichever link reaches it (now or later).
-    pub fn push_to(&self, peer: [u8; 32], id: ItemId) {
+    /// Returns false when the queue is full: then only reconciliation will carry it, and
+    /// the change must be logged as one the peer does not have.
+    pub fn push_to(&self, peer: [u8; 32], id: ItemId) -> bool {
         let mut pushes = self.pushes.lock().unwrap_or_else(|p| p.into_inner());
         let queue = pushes.entry(peer).or_default();
         if queue.len() >= MAX_PUSHES_PER_PEER {
-            queue.remove(0);
+            return false;
         }
         queue.push(id);
+        true
     }
 
     /// The pushes waiting for `peer`, handed to its session.

@@ -731,13 +731,15 @@ struct Node {
     discarded: u64,
 }
 
-/// `Shared::push_to`: queues `id` for whichever session reaches `peer`.
-fn push_to(pushes: &mut BTreeMap<[u8; 32], Vec<ItemId>>, peer: [u8; 32], id: ItemId) {
+/// `Shared::push_to`: queues `id` for whichever session reaches `peer`; false when the
+/// queue is full (then only reconciliation carries it).
+fn push_to(pushes: &mut BTreeMap<[u8; 32], Vec<ItemId>>, peer: [u8; 32], id: ItemId) -> bool {
     let queue = pushes.entry(peer).or_default();
     if queue.len() >= MAX_PUSHES_PER_PEER {
-        queue.remove(0);
+        return false;
     }
     queue.push(id);
+    true
 }
 
 /// `take_pushes`: hands the pushes waiting for the session's peer to the session.
@@ -960,7 +962,7 @@ impl Node {
             // Pushes that did not go out wait for the next session with this peer.
             let identity = peer.identity;
             for id in sync.take_unsent_pushes() {
-                push_to(&mut self.pushes, identity, id);
+                let _ = push_to(&mut self.pushes, identity, id);
             }
         }
         env.counters.sessions_ended += 1;
@@ -1214,12 +1216,11 @@ impl Node {
             let mut changes = Vec::new();
             for (receipt, from) in receipts.into_iter().zip(senders) {
                 if let Ok(receipt) = receipt {
-                    if env.delivery == DeliveryMode::Direct {
-                        push_to(&mut self.pushes, from, receipt);
-                    }
+                    let pushed = env.delivery != DeliveryMode::Direct
+                        || push_to(&mut self.pushes, from, receipt);
                     changes.push(Change {
                         from: None,
-                        pushed_to: Some(from),
+                        pushed_to: pushed.then_some(from),
                     });
                 }
             }
@@ -1258,18 +1259,21 @@ impl Node {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let ids =
                 session::originate_all(&mut self.store, &self.policy, &envelopes, env.timestamp())?;
-            if env.delivery == DeliveryMode::Direct {
-                for &id in &ids {
-                    push_to(&mut self.pushes, to, id);
-                }
-            }
             // A recipient linked right now gets its messages pushed; a round with it would
-            // find nothing more, while carriers still need one.
-            let change = Change {
-                from: None,
-                pushed_to: Some(to),
-            };
-            self.changed(env, vec![change; ids.len()]);
+            // find nothing more, while carriers still need one. One the queue had no room for
+            // is left to a round.
+            let changes: Vec<Change> = ids
+                .iter()
+                .map(|&id| {
+                    let pushed =
+                        env.delivery != DeliveryMode::Direct || push_to(&mut self.pushes, to, id);
+                    Change {
+                        from: None,
+                        pushed_to: pushed.then_some(to),
+                    }
+                })
+                .collect();
+            self.changed(env, changes);
             out.extend(ids.into_iter().zip(envelopes));
         }
         Ok(out)
