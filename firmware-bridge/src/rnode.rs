@@ -144,7 +144,9 @@ impl Default for RnodeConfig {
             echo_timeout_ms: 1_000,
             ready_margin_ms: 500,
             queue_limit: 8,
-            max_frame: 255,
+            // One LoRa packet: the firmware adds its 1-byte header to every packet, so a
+            // 255-byte frame would go out as two.
+            max_frame: 254,
         }
     }
 }

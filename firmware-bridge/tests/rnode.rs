@@ -221,7 +221,7 @@ fn golden_handshake_bytes() {
     };
     assert_eq!(info.firmware, "RNode 1.82");
     assert_eq!(info.lora, Some(LoraParams::sf7()));
-    assert_eq!(info.max_frame, 255);
+    assert_eq!(info.max_frame, 254);
     assert!(info
         .details
         .contains(&("platform".to_owned(), "ESP32".to_owned())));
@@ -488,12 +488,13 @@ fn sending_before_ready_or_too_much_is_refused() {
     host.reset(0);
     assert_eq!(host.send_frame(b"x"), Err(BridgeError::NotReady));
     let (mut host, _device) = ready_host(LoraParams::sf7(), RnodeConfig::default());
-    assert_eq!(host.max_frame(), 255);
+    // One LoRa packet after the firmware's 1-byte header.
+    assert_eq!(host.max_frame(), 254);
     assert_eq!(
-        host.send_frame(&[0; 256]),
-        Err(BridgeError::FrameTooLarge { len: 256, max: 255 })
+        host.send_frame(&[0; 255]),
+        Err(BridgeError::FrameTooLarge { len: 255, max: 254 })
     );
-    assert_eq!(host.send_frame(&[0; 255]), Ok(()));
+    assert_eq!(host.send_frame(&[0; 254]), Ok(()));
 }
 
 #[test]
@@ -731,7 +732,7 @@ proptest! {
 
     #[test]
     fn any_frame_sent_reaches_the_radio_intact(
-        frames in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..=255), 1..6),
+        frames in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..=254), 1..6),
     ) {
         let (mut host, mut device) = ready_host(LoraParams::sf7(), RnodeConfig::default());
         for frame in &frames {

@@ -59,7 +59,7 @@ fn host_configures_the_virtual_rnode_and_reports_ready() {
     };
     let (major, minor) = RnodeDeviceConfig::default().firmware_version;
     assert_eq!(info.firmware, format!("RNode {major}.{minor:02}"));
-    assert_eq!(info.max_frame, 255);
+    assert_eq!(info.max_frame, 254);
     // The firmware chose the preamble and said so; the host reports and paces by it.
     let preamble = rnode_preamble_symbols(
         params.bandwidth_hz,
