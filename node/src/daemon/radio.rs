@@ -406,7 +406,6 @@ fn handle_link_events(
             }
         }
     }
-    let _ = link;
 }
 
 /// Starts the sync session with a peer in reach, unless another link to the same person is

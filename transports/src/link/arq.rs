@@ -160,6 +160,16 @@ pub struct ArqStats {
     pub duplicates: u64,
 }
 
+impl ArqStats {
+    /// Adds another stream's counters (a link sums its sessions').
+    pub fn add(&mut self, other: &ArqStats) {
+        self.data_frames += other.data_frames;
+        self.retransmissions += other.retransmissions;
+        self.ack_frames += other.ack_frames;
+        self.duplicates += other.duplicates;
+    }
+}
+
 /// One direction pair of the stream with one peer.
 #[derive(Debug)]
 pub struct Arq {
@@ -528,19 +538,6 @@ impl Arq {
             self.rto_ms = (self.rto_ms * 2).min(self.config.max_rto_ms);
         }
         Ok(())
-    }
-
-    /// Whether a frame is ready: data to send or resend within the window, or an
-    /// acknowledgement due by `now`.
-    #[must_use]
-    pub fn wants_transmit(&self, now: u64) -> bool {
-        self.failed.is_none()
-            && (self
-                .in_flight
-                .iter()
-                .any(|f| f.sent_at.is_none() && !f.held_by_peer)
-                || (!self.unsent.is_empty() && self.in_flight.len() < self.config.window)
-                || (self.ack_owed && self.ack_at.is_some_and(|at| now >= at)))
     }
 
     /// Length of the data frame [`Arq::poll_transmit`] would send next (a repeat, or new

@@ -292,7 +292,6 @@ pub struct FrameLink {
     /// The staged frame carries data (not only an acknowledgement, a handshake or a beacon).
     staged_data: bool,
     next_beacon: u64,
-    last_beacon: Option<u64>,
     /// Our own transmission is on air until then.
     busy_until: u64,
     /// Someone else just transmitted: wait until then (a random slot) before we do.
@@ -342,7 +341,6 @@ impl FrameLink {
             staged: None,
             staged_data: false,
             next_beacon,
-            last_beacon: None,
             busy_until: 0,
             quiet_until: 0,
             duty: duty_cycle.map(DutyCycle::new),
@@ -372,11 +370,8 @@ impl FrameLink {
         let mut stats = self.stats;
         let mut arq = self.ended_arq;
         for peer in self.peers.values() {
-            if let Some(live) = peer.arq.as_ref().map(Arq::stats) {
-                arq.data_frames += live.data_frames;
-                arq.retransmissions += live.retransmissions;
-                arq.ack_frames += live.ack_frames;
-                arq.duplicates += live.duplicates;
+            if let Some(live) = peer.arq.as_ref() {
+                arq.add(&live.stats());
             }
         }
         stats.arq = arq;
@@ -447,11 +442,7 @@ impl FrameLink {
 
     fn retire(&mut self, addr: Addr, peer: Peer, reason: String) {
         if let Some(arq) = &peer.arq {
-            let s = arq.stats();
-            self.ended_arq.data_frames += s.data_frames;
-            self.ended_arq.retransmissions += s.retransmissions;
-            self.ended_arq.ack_frames += s.ack_frames;
-            self.ended_arq.duplicates += s.duplicates;
+            self.ended_arq.add(&arq.stats());
             self.events.push_back(LinkEvent::PeerDown { addr, reason });
         }
     }
@@ -1021,7 +1012,6 @@ impl FrameLink {
             }
         }
         if now >= self.beacon_due_at() {
-            self.last_beacon = Some(now);
             // Right after start, a lost beacon would cost a whole interval: the second and
             // third come after 10 s and 30 s (5 bytes each), then the regular interval.
             let interval = match self.stats.beacons_sent {
