@@ -22,6 +22,7 @@
 
 pub mod engine;
 pub mod oracle;
+pub mod replay;
 pub mod report;
 pub mod rng;
 pub mod scenario;
