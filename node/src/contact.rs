@@ -60,6 +60,8 @@ pub const MAX_HINT_BYTES: usize = 64;
 pub const MAX_CONTACTS: usize = 10_000;
 /// Name of the contact book inside the node's home directory.
 pub const CONTACT_BOOK_FILE_NAME: &str = "contacts.bin";
+/// The file whose lock serialises writers of the contact book.
+pub const CONTACT_BOOK_LOCK_FILE_NAME: &str = "contacts.lock";
 
 /// The contact code format this build writes and reads. It is part of the prefix
 /// (`cairn1:`), so a newer code is recognised as such before anything else is parsed.
@@ -1291,8 +1293,11 @@ pub enum AddOutcome {
 /// The contacts of this node, persisted in `contacts.bin` in the node's home directory.
 ///
 /// Every change is written to disk before it is visible (atomically, mode 0600), so a crash
-/// loses nothing that was reported done. Meant to be owned by one process (the daemon): two
-/// processes writing the same book would overwrite each other's changes.
+/// loses nothing that was reported done. The daemon and `cairn` commands each hold a book on
+/// the same file: a change takes the lock file `contacts.lock`, applies itself to the book as
+/// it is on disk *now* (not to this copy, which may be stale), writes, and only then lets go,
+/// so no writer ever overwrites another's change. Readers need no lock: the file is replaced
+/// whole, by a rename.
 ///
 /// Format v1: `"cairn-cb" ‖ version(1) ‖ count(u32 LE) ‖ entries ‖ checksum(32)`, an entry
 /// being `identity(32) ‖ device(32) ‖ signature(64) ‖ verification(1) ‖ name length(1) ‖ name
@@ -1307,31 +1312,22 @@ pub struct ContactBook {
     contacts: BTreeMap<IdentityPublicKey, Contact>,
 }
 
+type Contacts = BTreeMap<IdentityPublicKey, Contact>;
+
+/// What a change made of the contacts it was given.
+enum Change<R> {
+    /// Write them and answer `R`.
+    Write(R),
+    /// Nothing changed: answer `R`, write nothing.
+    Keep(R),
+}
+
 impl ContactBook {
     /// Opens the book in `home` (an empty one if there is no file yet). `own_identity` is
     /// this node's identity, which can never be added as a contact.
     pub fn open(home: &Path, own_identity: IdentityPublicKey) -> Result<Self, ContactBookError> {
         let path = home.join(CONTACT_BOOK_FILE_NAME);
-        let contacts = match private_file::read(&path, MAX_BOOK_FILE_LEN) {
-            Ok(bytes) => decode_book(&path, &bytes)?,
-            Err(private_file::ReadError::NotFound) => BTreeMap::new(),
-            Err(private_file::ReadError::InsecurePermissions { mode }) => {
-                return Err(ContactBookError::InsecurePermissions { path, mode })
-            }
-            Err(private_file::ReadError::TooLarge | private_file::ReadError::NotARegularFile) => {
-                return Err(ContactBookError::NotAContactBook { path })
-            }
-            Err(private_file::ReadError::Io(source)) => {
-                return Err(ContactBookError::Io { path, source })
-            }
-        };
-        if contacts.contains_key(&own_identity) {
-            // `add` refuses yourself; a book that holds you was edited behind our back.
-            return Err(ContactBookError::Corrupt {
-                path,
-                reason: "the book lists its own owner as a contact",
-            });
-        }
+        let contacts = read_book(&path, &own_identity)?;
         Ok(Self {
             path,
             home: home.to_path_buf(),
@@ -1368,20 +1364,19 @@ impl ContactBook {
         if contact.identity == self.own_identity {
             return Err(ContactBookError::AddingYourself);
         }
-        let mut updated = self.contacts.clone();
-        let outcome = match updated.get_mut(&contact.identity) {
+        self.update(|contacts| match contacts.get_mut(&contact.identity) {
             None => {
-                if updated.len() >= MAX_CONTACTS {
+                if contacts.len() >= MAX_CONTACTS {
                     return Err(ContactBookError::Full);
                 }
-                updated.insert(contact.identity, contact);
-                AddOutcome::Added
+                contacts.insert(contact.identity, contact);
+                Ok(Change::Write(AddOutcome::Added))
             }
             Some(known) if known.device != contact.device => {
-                return Ok(AddOutcome::DeviceKeyChanged {
+                Ok(Change::Keep(AddOutcome::DeviceKeyChanged {
                     known: known.device,
                     offered: contact.device,
-                })
+                }))
             }
             Some(known) => {
                 let merged = Contact {
@@ -1390,46 +1385,70 @@ impl ContactBook {
                     ..contact
                 };
                 if *known == merged {
-                    return Ok(AddOutcome::Unchanged);
+                    return Ok(Change::Keep(AddOutcome::Unchanged));
                 }
                 *known = merged;
-                AddOutcome::Updated
+                Ok(Change::Write(AddOutcome::Updated))
             }
-        };
-        self.commit(updated)?;
-        Ok(outcome)
+        })
     }
 
     /// Accepts a new device key for a known identity after the user agreed. The verification
     /// stays: it is of the identity key, and that key signed the new device key.
     pub fn accept_device_change(&mut self, contact: Contact) -> Result<(), ContactBookError> {
-        let mut updated = self.contacts.clone();
-        let known = updated
-            .get_mut(&contact.identity)
-            .ok_or(ContactBookError::UnknownContact)?;
-        // A new device: keys shared with the old one stay valid (they belong to the pair of
-        // identities, not to a device).
-        *known = Contact {
-            verification: known.verification.max(contact.verification),
-            pair_keys: contact.pair_keys.or_else(|| known.pair_keys.clone()),
-            ..contact
-        };
-        self.commit(updated)
+        self.update(|contacts| {
+            let known = contacts
+                .get_mut(&contact.identity)
+                .ok_or(ContactBookError::UnknownContact)?;
+            // A new device: keys shared with the old one stay valid (they belong to the pair
+            // of identities, not to a device).
+            *known = Contact {
+                verification: known.verification.max(contact.verification),
+                pair_keys: contact.pair_keys.or_else(|| known.pair_keys.clone()),
+                ..contact
+            };
+            Ok(Change::Write(()))
+        })
     }
 
-    /// Stores the sealing keys shared with a contact (after pairing, and after every
-    /// [`PairKeys::advance`], so deleted keys are gone from disk too).
+    /// Stores the sealing keys shared with a contact (after pairing).
     pub fn set_pair_keys(
         &mut self,
         identity: &IdentityPublicKey,
         keys: &PairKeys,
     ) -> Result<(), ContactBookError> {
-        let mut updated = self.contacts.clone();
-        let known = updated
-            .get_mut(identity)
-            .ok_or(ContactBookError::UnknownContact)?;
-        known.pair_keys = Some(SecretBytes(Zeroizing::new(keys.to_bytes())));
-        self.commit(updated)
+        self.update(|contacts| {
+            let known = contacts
+                .get_mut(identity)
+                .ok_or(ContactBookError::UnknownContact)?;
+            known.pair_keys = Some(SecretBytes(Zeroizing::new(keys.to_bytes())));
+            Ok(Change::Write(()))
+        })
+    }
+
+    /// Rolls every contact's sealing keys forward to day `today` ([`PairKeys::advance`]) and
+    /// writes them, so that the keys it deletes are gone from disk too. The keys advanced are
+    /// the ones on disk, so a pairing another process just recorded is rolled, not undone.
+    pub fn advance_pair_keys(&mut self, today: u64) -> Result<(), ContactBookError> {
+        self.update(|contacts| {
+            let mut changed = false;
+            for contact in contacts.values_mut() {
+                let Some(mut keys) = contact.pair_keys() else {
+                    continue;
+                };
+                keys.advance(today);
+                let bytes = SecretBytes(Zeroizing::new(keys.to_bytes()));
+                if contact.pair_keys.as_ref() != Some(&bytes) {
+                    contact.pair_keys = Some(bytes);
+                    changed = true;
+                }
+            }
+            Ok(if changed {
+                Change::Write(())
+            } else {
+                Change::Keep(())
+            })
+        })
     }
 
     /// Records that the user verified a contact; returns the resulting state (which is the
@@ -1439,16 +1458,17 @@ impl ContactBook {
         identity: &IdentityPublicKey,
         how: Verification,
     ) -> Result<Verification, ContactBookError> {
-        let mut updated = self.contacts.clone();
-        let known = updated
-            .get_mut(identity)
-            .ok_or(ContactBookError::UnknownContact)?;
-        let result = known.verification.max(how);
-        if result != known.verification {
+        self.update(|contacts| {
+            let known = contacts
+                .get_mut(identity)
+                .ok_or(ContactBookError::UnknownContact)?;
+            let result = known.verification.max(how);
+            if result == known.verification {
+                return Ok(Change::Keep(result));
+            }
             known.verification = result;
-            self.commit(updated)?;
-        }
-        Ok(result)
+            Ok(Change::Write(result))
+        })
     }
 
     /// Removes a contact, returning it if it was there.
@@ -1456,31 +1476,67 @@ impl ContactBook {
         &mut self,
         identity: &IdentityPublicKey,
     ) -> Result<Option<Contact>, ContactBookError> {
-        let mut updated = self.contacts.clone();
-        let removed = updated.remove(identity);
-        if removed.is_some() {
-            self.commit(updated)?;
-        }
-        Ok(removed)
+        self.update(|contacts| {
+            Ok(match contacts.remove(identity) {
+                Some(removed) => Change::Write(Some(removed)),
+                None => Change::Keep(None),
+            })
+        })
     }
 
-    /// Writes `updated` to disk, then makes it the book's state: a failed write leaves both
-    /// the file and the book as they were.
-    fn commit(
+    /// Applies `change` to the book as it is on disk, under the lock, and writes the result.
+    /// On success this copy becomes what the file now holds (other writers' changes
+    /// included); a failed change or write leaves the file as it was.
+    fn update<R>(
         &mut self,
-        updated: BTreeMap<IdentityPublicKey, Contact>,
-    ) -> Result<(), ContactBookError> {
-        let bytes = encode_book(&updated);
+        change: impl FnOnce(&mut Contacts) -> Result<Change<R>, ContactBookError>,
+    ) -> Result<R, ContactBookError> {
         let io_error = |path: &Path| {
             let path = path.to_path_buf();
             move |source| ContactBookError::Io { path, source }
         };
         private_file::create_home(&self.home).map_err(io_error(&self.home))?;
-        private_file::write_atomically(&self.path, &bytes, private_file::Replace::Allow)
-            .map_err(io_error(&self.path))?;
-        self.contacts = updated;
-        Ok(())
+        let lock_path = self.home.join(CONTACT_BOOK_LOCK_FILE_NAME);
+        let _lock = private_file::lock_exclusive(&lock_path).map_err(io_error(&lock_path))?;
+        let mut contacts = read_book(&self.path, &self.own_identity)?;
+        let answer = match change(&mut contacts)? {
+            Change::Keep(answer) => answer,
+            Change::Write(answer) => {
+                let bytes = encode_book(&contacts);
+                private_file::write_atomically(&self.path, &bytes, private_file::Replace::Allow)
+                    .map_err(io_error(&self.path))?;
+                answer
+            }
+        };
+        self.contacts = contacts;
+        Ok(answer)
     }
+}
+
+/// The contacts in the book file at `path` (none if there is no file yet).
+fn read_book(path: &Path, own_identity: &IdentityPublicKey) -> Result<Contacts, ContactBookError> {
+    let path = path.to_path_buf();
+    let contacts = match private_file::read(&path, MAX_BOOK_FILE_LEN) {
+        Ok(bytes) => decode_book(&path, &bytes)?,
+        Err(private_file::ReadError::NotFound) => BTreeMap::new(),
+        Err(private_file::ReadError::InsecurePermissions { mode }) => {
+            return Err(ContactBookError::InsecurePermissions { path, mode })
+        }
+        Err(private_file::ReadError::TooLarge | private_file::ReadError::NotARegularFile) => {
+            return Err(ContactBookError::NotAContactBook { path })
+        }
+        Err(private_file::ReadError::Io(source)) => {
+            return Err(ContactBookError::Io { path, source })
+        }
+    };
+    if contacts.contains_key(own_identity) {
+        // `add` refuses yourself; a book that holds you was edited behind our back.
+        return Err(ContactBookError::Corrupt {
+            path,
+            reason: "the book lists its own owner as a contact",
+        });
+    }
+    Ok(contacts)
 }
 
 fn encode_book(contacts: &BTreeMap<IdentityPublicKey, Contact>) -> Vec<u8> {

@@ -891,6 +891,22 @@ pub(crate) mod private_file {
         Ok(bytes)
     }
 
+    /// Holds an exclusive advisory lock (`flock`) on `path`, created with mode 0600 if
+    /// missing, until the returned guard is dropped; waits while another holds it. The lock
+    /// goes with the process, so a writer that crashes never leaves it held.
+    pub(crate) fn lock_exclusive(path: &Path) -> io::Result<nix::fcntl::Flock<fs::File>> {
+        let mut options = fs::OpenOptions::new();
+        options.create(true).truncate(false).write(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let file = options.open(path)?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, errno)| io::Error::from(errno))
+    }
+
     /// Writes `bytes` to `path` with mode 0600: a temporary file in the same directory,
     /// fsynced, then renamed over the target (or linked, when replacing is not allowed, which
     /// fails atomically if the target exists), then the directory fsynced so the new name is

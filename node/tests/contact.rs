@@ -1016,3 +1016,108 @@ fn contacts_added_by_code_share_a_static_root_that_only_they_can_compute() {
     let carol_guess = code(&bob, "Bob").static_root(&carol).unwrap();
     assert_ne!(carol_guess.expose(), at_alice.expose());
 }
+
+#[test]
+fn a_stale_book_never_overwrites_another_writers_change() {
+    // The daemon holds a book for hours; `cairn contact add` writes the same file meanwhile.
+    let home = tempfile::tempdir().unwrap();
+    let me = Identity::generate(&mut rng(1));
+    let bob = Identity::generate(&mut rng(2));
+    let carol = Identity::generate(&mut rng(3));
+    let mut daemon = ContactBook::open(home.path(), me.public_key()).unwrap();
+    let mut command = ContactBook::open(home.path(), me.public_key()).unwrap();
+    assert_eq!(
+        command.add(code_contact(&bob, "Bob", &[])).unwrap(),
+        AddOutcome::Added
+    );
+    // The daemon's copy has not seen Bob, yet its own change keeps him.
+    assert!(daemon.get(&bob.public_key()).is_none());
+    assert_eq!(
+        daemon.add(code_contact(&carol, "Carol", &[])).unwrap(),
+        AddOutcome::Added
+    );
+    assert_eq!(
+        daemon.len(),
+        2,
+        "a change brings the writer's copy up to date"
+    );
+    // And the command's next change keeps Carol, and sees Bob as already there.
+    assert_eq!(
+        command.add(code_contact(&bob, "Bob", &[])).unwrap(),
+        AddOutcome::Unchanged
+    );
+    assert!(command.get(&carol.public_key()).is_some());
+    let on_disk = ContactBook::open(home.path(), me.public_key()).unwrap();
+    assert_eq!(on_disk.len(), 2);
+    // A removal by one is not undone by the other's later, unrelated change.
+    assert!(command.remove(&bob.public_key()).unwrap().is_some());
+    daemon
+        .mark_verified(&carol.public_key(), Verification::VerifiedBySafetyCode)
+        .unwrap();
+    let on_disk = ContactBook::open(home.path(), me.public_key()).unwrap();
+    assert!(on_disk.get(&bob.public_key()).is_none());
+    assert_eq!(
+        on_disk.get(&carol.public_key()).unwrap().verification(),
+        Verification::VerifiedBySafetyCode
+    );
+}
+
+#[test]
+fn the_daily_key_roll_keeps_a_pairing_recorded_meanwhile() {
+    use cairn_node::seal::PairKeys;
+    let home = tempfile::tempdir().unwrap();
+    let me = Identity::generate(&mut rng(1));
+    let bob = Identity::generate(&mut rng(2));
+    let day = 20_600;
+    let mut daemon = ContactBook::open(home.path(), me.public_key()).unwrap();
+    // `cairn pair` records Bob and the keys of the pairing while the daemon runs.
+    let keys = PairKeys::new(
+        &[7; 32],
+        me.public_key().as_bytes(),
+        bob.public_key().as_bytes(),
+        day,
+    );
+    let mut command = ContactBook::open(home.path(), me.public_key()).unwrap();
+    let _added = command.add(code_contact(&bob, "Bob", &[])).unwrap();
+    command.set_pair_keys(&bob.public_key(), &keys).unwrap();
+    // At midnight the daemon rolls the keys of the book on disk, Bob's included.
+    daemon.advance_pair_keys(day + 1).unwrap();
+    let mut expected = keys.clone();
+    expected.advance(day + 1);
+    let on_disk = ContactBook::open(home.path(), me.public_key()).unwrap();
+    let rolled = on_disk.get(&bob.public_key()).unwrap().pair_keys().unwrap();
+    assert_eq!(rolled.to_bytes(), expected.to_bytes());
+    assert_ne!(
+        rolled.to_bytes(),
+        keys.to_bytes(),
+        "yesterday's keys are gone from disk"
+    );
+}
+
+#[test]
+fn concurrent_writers_lose_no_contact() {
+    let home = tempfile::tempdir().unwrap();
+    let me = Identity::generate(&mut rng(1));
+    let own = me.public_key();
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let home = home.path().to_path_buf();
+            std::thread::spawn(move || {
+                let mut book = ContactBook::open(&home, own).unwrap();
+                for i in 0..15u64 {
+                    let peer = Identity::generate(&mut rng(100 + w * 100 + i));
+                    let name = format!("w{w} c{i}");
+                    assert_eq!(
+                        book.add(code_contact(&peer, &name, &[])).unwrap(),
+                        AddOutcome::Added
+                    );
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let book = ContactBook::open(home.path(), own).unwrap();
+    assert_eq!(book.len(), 60);
+}

@@ -17,7 +17,7 @@ use cairn_sync::time::Timestamp;
 
 use super::shared::{now_ms, Change, NodeEvent, Shared};
 use crate::app::{AppDb, Incoming, Status};
-use crate::contact::{Contact, ContactBook};
+use crate::contact::ContactBook;
 use crate::identity::{Identity, IdentityPublicKey};
 use crate::seal::{period_of, SealedHeader};
 
@@ -160,13 +160,7 @@ impl Core {
     /// window, on disk too) and asks for today's tags.
     fn new_day(&mut self, today: u64) -> anyhow::Result<()> {
         self.today = today;
-        let contacts: Vec<Contact> = self.book.list().into_iter().cloned().collect();
-        for contact in contacts {
-            if let Some(mut keys) = contact.pair_keys() {
-                keys.advance(today);
-                self.book.set_pair_keys(&contact.identity(), &keys)?;
-            }
-        }
+        self.book.advance_pair_keys(today)?;
         self.shared
             .set_policy(Core::policy_for(&self.identity, today));
         self.refresh_direct();
