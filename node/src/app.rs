@@ -1,7 +1,9 @@
 //! The application's message database: what the user sent and received, and how far each
 //! outgoing message has got. Not the sync store: that one holds sealed envelopes (ours and
-//! others') for carrying; this one holds the user's conversations in the clear, for the
-//! `cairn` command and the daemon.
+//! others') for carrying; this one holds the user's conversations, for the `cairn` command and
+//! the daemon, sealed under the identity's storage key ([`crate::at_rest`]): without the
+//! identity (and its passphrase, if it has one) the files show how many messages there are,
+//! not who wrote what to whom.
 //!
 //! An LMDB environment in `HOME/app/`, shared by every process of the node at once: the
 //! `cairn` command queues messages and reads them while the daemon seals, delivers and records
@@ -23,18 +25,23 @@
 //! use cairn_node::app::{AppDb, Status};
 //! # use rand_core_06::SeedableRng;
 //! # let mut rng = rand_chacha_03::ChaCha20Rng::seed_from_u64(1);
+//! # let me = cairn_node::identity::Identity::generate(&mut rng);
 //! # let bob = cairn_node::identity::Identity::generate(&mut rng).public_key();
 //! let home = tempfile::tempdir().unwrap();
-//! let db = AppDb::open(home.path()).unwrap();
+//! let db = AppDb::open(home.path(), &me).unwrap();
 //! let id = db.queue(bob, "meet at the ridge", 1_780_000_000).unwrap();
 //! assert_eq!(db.queued(10).unwrap()[0].id, id);
 //! assert_eq!(db.messages(Some(&bob)).unwrap()[0].status, Status::Queued);
 //! ```
 //!
-//! Record format (value of `messages`, keyed by id as 8 big-endian bytes):
-//! `version(1) ‖ direction(1) ‖ status(1) ‖ flags(1) ‖ peer(32) ‖ sent_at(u64 LE) ‖
-//! received_at(u64 LE) ‖ envelope(32) ‖ text (UTF-8, the rest)`; `flags` says which of the
-//! three optional fields are present (absent ones are zeros).
+//! Record format (value of `messages`, keyed by id as 8 big-endian bytes): `version(1) ‖
+//! sealed(direction(1) ‖ status(1) ‖ flags(1) ‖ peer(32) ‖ sent_at(u64 LE) ‖ received_at(u64
+//! LE) ‖ envelope(32) ‖ text (UTF-8, the rest))`, sealed with the id and version as associated
+//! data; `flags` says which of the three optional fields are present (absent ones are zeros).
+//! Contact names are indexed by keyed hashes of the name and of the identity, each entry
+//! sealed. Schema 1 kept all of it in the clear; opening such a database seals it, in one
+//! transaction (LMDB does not wipe the pages it frees, so remnants of the clear records can
+//! stay in the file until their pages are reused).
 
 use std::path::{Path, PathBuf};
 use std::sync::{PoisonError, RwLock};
@@ -43,8 +50,9 @@ use cairn_sync::envelope::ItemId;
 use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, MdbError, RoTxn, RwTxn, WithTls};
 
+use crate::at_rest::SealKey;
 use crate::contact::DisplayName;
-use crate::identity::{private_file, IdentityPublicKey};
+use crate::identity::{private_file, Identity, IdentityPublicKey};
 
 /// Longest message text, in UTF-8 bytes. Far below what an envelope can carry
 /// ([`cairn_sync::envelope::MAX_BODY_LEN`]), so the sealing overhead and any framing the daemon
@@ -55,10 +63,13 @@ pub const MAX_TEXT_BYTES: usize = 4096;
 pub const APP_DIR_NAME: &str = "app";
 
 /// The schema this build reads and writes.
-const SCHEMA_VERSION: u32 = 1;
-const RECORD_VERSION: u8 = 1;
-/// version, direction, status, flags, peer, sent_at, received_at, envelope.
-const RECORD_HEADER_LEN: usize = 1 + 1 + 1 + 1 + 32 + 8 + 8 + 32;
+const SCHEMA_VERSION: u32 = 2;
+/// The schema that kept everything in the clear.
+const SCHEMA_CLEAR: u32 = 1;
+const RECORD_VERSION: u8 = 2;
+const RECORD_VERSION_CLEAR: u8 = 1;
+/// direction, status, flags, peer, sent_at, received_at, envelope.
+const RECORD_BODY_LEN: usize = 1 + 1 + 1 + 32 + 8 + 8 + 32;
 const FLAG_SENT_AT: u8 = 0x01;
 const FLAG_RECEIVED_AT: u8 = 0x02;
 const FLAG_ENVELOPE: u8 = 0x04;
@@ -233,6 +244,11 @@ pub enum AppError {
     NewerSchema { version: u32 },
     #[error("the message database is corrupt ({reason})")]
     Corrupt { reason: &'static str },
+    #[error(
+        "the message database cannot be opened with this identity: it belongs to another \
+         identity, or it is damaged"
+    )]
+    Sealed,
     #[error("the message is empty")]
     EmptyText,
     #[error("the message is {len} bytes long; the most is {MAX_TEXT_BYTES} bytes")]
@@ -292,9 +308,9 @@ pub struct AppDb {
     /// id (u64 BE) → nothing: outgoing messages waiting to be sealed, so the daemon's poll
     /// does not scan the whole history.
     outbox: Db,
-    /// lower-cased local contact name → identity (32) ‖ name as typed.
+    /// name key of the lower-cased local contact name → sealed(identity (32) ‖ name as typed).
     names: Db,
-    /// identity → local contact name.
+    /// peer key of the identity → sealed(identity (32) ‖ local contact name).
     peer_names: Db,
     /// Schema version, next id, counts by status.
     meta: Db,
@@ -302,6 +318,91 @@ pub struct AppDb {
     /// LMDB allows a resize only while the process has no transaction open.
     resize_lock: RwLock<()>,
     path: PathBuf,
+    keys: Keys,
+}
+
+/// The keys that seal what the database holds.
+struct Keys {
+    records: SealKey,
+    /// Names index keys for contact names, and seals their entries.
+    names: SealKey,
+    /// Names index keys for identities, and seals their entries.
+    peers: SealKey,
+}
+
+impl Keys {
+    fn of(identity: &Identity) -> Self {
+        let root = identity.storage_key();
+        Keys {
+            records: root.subkey("app messages"),
+            names: root.subkey("app contact names"),
+            peers: root.subkey("app contact identities"),
+        }
+    }
+
+    fn record_aad(id: u64) -> [u8; 9] {
+        let mut aad = [0u8; 9];
+        aad[..8].copy_from_slice(&id.to_be_bytes());
+        aad[8] = RECORD_VERSION;
+        aad
+    }
+
+    fn seal_record(&self, record: &MessageRecord) -> Vec<u8> {
+        let mut out = vec![RECORD_VERSION];
+        out.extend(
+            self.records
+                .seal(&Self::record_aad(record.id), &encode_record_body(record)),
+        );
+        out
+    }
+
+    fn open_record(&self, id: u64, bytes: &[u8]) -> Result<MessageRecord, AppError> {
+        match bytes.split_first() {
+            Some((&RECORD_VERSION, sealed)) => {
+                let body = self
+                    .records
+                    .open(&Self::record_aad(id), sealed)
+                    .ok_or(AppError::Sealed)?;
+                decode_record_body(id, &body)
+            }
+            _ => Err(AppError::Corrupt {
+                reason: "a message record has an unknown version",
+            }),
+        }
+    }
+
+    fn name_key(&self, name: &str) -> [u8; 32] {
+        self.names.name(name_key(name).as_bytes())
+    }
+
+    fn peer_key(&self, peer: &IdentityPublicKey) -> [u8; 32] {
+        self.peers.name(peer.as_bytes())
+    }
+
+    /// `sealed(identity ‖ name)`, bound to the index key it is stored under.
+    fn seal_entry(
+        &self,
+        key: &SealKey,
+        index: &[u8; 32],
+        peer: &IdentityPublicKey,
+        name: &str,
+    ) -> Vec<u8> {
+        let mut entry = Vec::with_capacity(32 + name.len());
+        entry.extend_from_slice(peer.as_bytes());
+        entry.extend_from_slice(name.as_bytes());
+        key.seal(index, &entry)
+    }
+
+    fn open_entry(
+        &self,
+        key: &SealKey,
+        index: &[u8],
+        sealed: &[u8],
+    ) -> Result<(IdentityPublicKey, String), AppError> {
+        let entry = key.open(index, sealed).ok_or(AppError::Sealed)?;
+        let (peer, name) = decode_name_entry(&entry)?;
+        Ok((peer, name.to_owned()))
+    }
 }
 
 impl std::fmt::Debug for AppDb {
@@ -313,12 +414,16 @@ impl std::fmt::Debug for AppDb {
 }
 
 impl AppDb {
-    /// Opens (creating if needed) the database in `home/app/`.
-    pub fn open(home: &Path) -> Result<Self, AppError> {
-        Self::open_with_map_size(home, INITIAL_MAP_BYTES)
+    /// Opens (creating if needed) the database of `identity` in `home/app/`.
+    pub fn open(home: &Path, identity: &Identity) -> Result<Self, AppError> {
+        Self::open_with_map_size(home, identity, INITIAL_MAP_BYTES)
     }
 
-    fn open_with_map_size(home: &Path, initial_map_bytes: usize) -> Result<Self, AppError> {
+    fn open_with_map_size(
+        home: &Path,
+        identity: &Identity,
+        initial_map_bytes: usize,
+    ) -> Result<Self, AppError> {
         let path = home.join(APP_DIR_NAME);
         let io_error = |path: &Path| {
             let path = path.to_path_buf();
@@ -371,6 +476,7 @@ impl AppDb {
             meta,
             resize_lock: RwLock::new(()),
             path,
+            keys: Keys::of(identity),
         };
         db.write(|wtxn| {
             match db.meta.get(wtxn, KEY_SCHEMA)? {
@@ -386,11 +492,86 @@ impl AppDb {
                     if version > SCHEMA_VERSION {
                         return Err(AppError::NewerSchema { version }.into());
                     }
+                    if version == SCHEMA_CLEAR {
+                        db.seal_schema_1(wtxn)?;
+                    }
                 }
             }
             Ok(())
         })?;
         Ok(db)
+    }
+
+    /// Seals a database of schema 1 (everything in the clear), in the caller's transaction.
+    fn seal_schema_1(&self, wtxn: &mut RwTxn<'_>) -> Result<(), TxnError> {
+        let mut records = Vec::new();
+        for entry in self.messages.iter(wtxn)? {
+            let (key, value) = entry?;
+            let id = decode_id(key)?;
+            records.push(decode_record_clear(id, value)?);
+        }
+        for record in &records {
+            self.messages.put(
+                wtxn,
+                &record.id.to_be_bytes(),
+                &self.keys.seal_record(record),
+            )?;
+        }
+        let mut names = Vec::new();
+        for entry in self.peer_names.iter(wtxn)? {
+            let (key, value) = entry?;
+            names.push((decode_peer(key)?, decode_text(value)?.to_owned()));
+        }
+        self.names.clear(wtxn)?;
+        self.peer_names.clear(wtxn)?;
+        for (peer, name) in &names {
+            self.put_name(wtxn, peer, name)?;
+        }
+        self.meta
+            .put(wtxn, KEY_SCHEMA, &SCHEMA_VERSION.to_le_bytes())?;
+        Ok(())
+    }
+
+    /// Writes both index entries of `peer`'s local name.
+    fn put_name(
+        &self,
+        wtxn: &mut RwTxn<'_>,
+        peer: &IdentityPublicKey,
+        name: &str,
+    ) -> Result<(), TxnError> {
+        let name_key = self.keys.name_key(name);
+        let peer_key = self.keys.peer_key(peer);
+        let by_name = self
+            .keys
+            .seal_entry(&self.keys.names, &name_key, peer, name);
+        let by_peer = self
+            .keys
+            .seal_entry(&self.keys.peers, &peer_key, peer, name);
+        self.names.put(wtxn, &name_key, &by_name)?;
+        self.peer_names.put(wtxn, &peer_key, &by_peer)?;
+        Ok(())
+    }
+
+    /// The local name of `peer` as stored, if any.
+    fn stored_name(
+        &self,
+        txn: &RoTxn<'_>,
+        peer: &IdentityPublicKey,
+    ) -> Result<Option<String>, TxnError> {
+        let peer_key = self.keys.peer_key(peer);
+        match self.peer_names.get(txn, &peer_key)? {
+            None => Ok(None),
+            Some(sealed) => {
+                let (owner, name) = self.keys.open_entry(&self.keys.peers, &peer_key, sealed)?;
+                if owner != *peer {
+                    return Err(AppError::Corrupt {
+                        reason: "a name entry is filed under another identity",
+                    }
+                    .into());
+                }
+                Ok(Some(name))
+            }
+        }
     }
 
     /// Directory of the database.
@@ -417,7 +598,7 @@ impl AppDb {
                 envelope: None,
             };
             self.messages
-                .put(wtxn, &id.to_be_bytes(), &encode_record(&record))?;
+                .put(wtxn, &id.to_be_bytes(), &self.keys.seal_record(&record))?;
             self.outbox.put(wtxn, &id.to_be_bytes(), &[])?;
             self.add_to_count(wtxn, Status::Queued, 1)?;
             Ok(id)
@@ -489,7 +670,7 @@ impl AppDb {
         }
         record.envelope = Some(envelope);
         self.messages
-            .put(wtxn, &id.to_be_bytes(), &encode_record(&record))?;
+            .put(wtxn, &id.to_be_bytes(), &self.keys.seal_record(&record))?;
         self.by_envelope.put(wtxn, &envelope.0, &id.to_be_bytes())?;
         self.outbox.delete(wtxn, &id.to_be_bytes())?;
         Ok(())
@@ -531,7 +712,7 @@ impl AppDb {
                 let from = record.status;
                 record.status = to;
                 self.messages
-                    .put(wtxn, &id.to_be_bytes(), &encode_record(&record))?;
+                    .put(wtxn, &id.to_be_bytes(), &self.keys.seal_record(&record))?;
                 self.add_to_count(wtxn, from, -1)?;
                 self.add_to_count(wtxn, to, 1)?;
             }
@@ -586,7 +767,7 @@ impl AppDb {
                     envelope: Some(message.envelope),
                 };
                 self.messages
-                    .put(wtxn, &id.to_be_bytes(), &encode_record(&record))?;
+                    .put(wtxn, &id.to_be_bytes(), &self.keys.seal_record(&record))?;
                 self.by_envelope
                     .put(wtxn, &message.envelope.0, &id.to_be_bytes())?;
                 self.add_to_count(wtxn, Status::Received, 1)?;
@@ -610,7 +791,7 @@ impl AppDb {
             let mut out = Vec::new();
             for entry in self.messages.iter(rtxn)? {
                 let (key, value) = entry?;
-                let record = decode_record(decode_id(key)?, value)?;
+                let record = self.keys.open_record(decode_id(key)?, value)?;
                 if with.is_none_or(|peer| record.peer == *peer) {
                     out.push(record);
                 }
@@ -643,10 +824,10 @@ impl AppDb {
                 other => other.to_string(),
             },
         })?;
-        let key = name_key(name);
         self.write(|wtxn| {
-            if let Some(value) = self.names.get(wtxn, key.as_bytes())? {
-                let (owner, _) = decode_name_entry(value)?;
+            let key = self.keys.name_key(name);
+            if let Some(sealed) = self.names.get(wtxn, &key)? {
+                let (owner, _) = self.keys.open_entry(&self.keys.names, &key, sealed)?;
                 if owner != peer {
                     return Err(AppError::NameTaken {
                         name: name.to_owned(),
@@ -654,34 +835,26 @@ impl AppDb {
                     .into());
                 }
             }
-            if let Some(old) = self.peer_names.get(wtxn, peer.as_bytes())? {
-                let old_key = name_key(decode_text(old)?);
-                self.names.delete(wtxn, old_key.as_bytes())?;
+            if let Some(old) = self.stored_name(wtxn, &peer)? {
+                self.names.delete(wtxn, &self.keys.name_key(&old))?;
             }
-            let mut entry = Vec::with_capacity(32 + name.len());
-            entry.extend_from_slice(peer.as_bytes());
-            entry.extend_from_slice(name.as_bytes());
-            self.names.put(wtxn, key.as_bytes(), &entry)?;
-            self.peer_names
-                .put(wtxn, peer.as_bytes(), name.as_bytes())?;
-            Ok(())
+            self.put_name(wtxn, &peer, name)
         })
     }
 
     /// The local name of `peer`, if the user gave one.
     pub fn contact_name(&self, peer: &IdentityPublicKey) -> Result<Option<String>, AppError> {
-        self.read(|rtxn| match self.peer_names.get(rtxn, peer.as_bytes())? {
-            None => Ok(None),
-            Some(name) => Ok(Some(decode_text(name)?.to_owned())),
-        })
+        self.read(|rtxn| self.stored_name(rtxn, peer))
     }
 
     /// The contact with local name `name` (ignoring case).
     pub fn contact_by_name(&self, name: &str) -> Result<Option<IdentityPublicKey>, AppError> {
-        let key = name_key(name);
-        self.read(|rtxn| match self.names.get(rtxn, key.as_bytes())? {
+        let key = self.keys.name_key(name);
+        self.read(|rtxn| match self.names.get(rtxn, &key)? {
             None => Ok(None),
-            Some(value) => Ok(Some(decode_name_entry(value)?.0)),
+            Some(sealed) => Ok(Some(
+                self.keys.open_entry(&self.keys.names, &key, sealed)?.0,
+            )),
         })
     }
 
@@ -690,9 +863,10 @@ impl AppDb {
         self.read(|rtxn| {
             let mut out = Vec::new();
             for entry in self.peer_names.iter(rtxn)? {
-                let (key, value) = entry?;
-                out.push((decode_peer(key)?, decode_text(value)?.to_owned()));
+                let (key, sealed) = entry?;
+                out.push(self.keys.open_entry(&self.keys.peers, key, sealed)?);
             }
+            out.sort();
             Ok(out)
         })
     }
@@ -700,10 +874,9 @@ impl AppDb {
     /// Forgets the local name of `peer` (when the contact is removed).
     pub fn remove_contact_name(&self, peer: &IdentityPublicKey) -> Result<(), AppError> {
         self.write(|wtxn| {
-            if let Some(old) = self.peer_names.get(wtxn, peer.as_bytes())? {
-                let old_key = name_key(decode_text(old)?);
-                self.names.delete(wtxn, old_key.as_bytes())?;
-                self.peer_names.delete(wtxn, peer.as_bytes())?;
+            if let Some(old) = self.stored_name(wtxn, peer)? {
+                self.names.delete(wtxn, &self.keys.name_key(&old))?;
+                self.peer_names.delete(wtxn, &self.keys.peer_key(peer))?;
             }
             Ok(())
         })
@@ -712,7 +885,7 @@ impl AppDb {
     fn record(&self, txn: &RoTxn<'_>, id: u64) -> Result<Option<MessageRecord>, TxnError> {
         match self.messages.get(txn, &id.to_be_bytes())? {
             None => Ok(None),
-            Some(value) => Ok(Some(decode_record(id, value)?)),
+            Some(value) => Ok(Some(self.keys.open_record(id, value)?)),
         }
     }
 
@@ -901,8 +1074,9 @@ fn decode_name_entry(bytes: &[u8]) -> Result<(IdentityPublicKey, &str), AppError
     Ok((decode_peer(peer)?, decode_text(name)?))
 }
 
-fn encode_record(record: &MessageRecord) -> Vec<u8> {
-    let mut out = Vec::with_capacity(RECORD_HEADER_LEN + record.text.len());
+/// Everything of a record but its id, before sealing. Wiped after use.
+fn encode_record_body(record: &MessageRecord) -> zeroize::Zeroizing<Vec<u8>> {
+    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(RECORD_BODY_LEN + record.text.len()));
     let mut flags = 0;
     if record.sent_at.is_some() {
         flags |= FLAG_SENT_AT;
@@ -913,7 +1087,6 @@ fn encode_record(record: &MessageRecord) -> Vec<u8> {
     if record.envelope.is_some() {
         flags |= FLAG_ENVELOPE;
     }
-    out.push(RECORD_VERSION);
     out.push(record.direction.to_byte());
     out.push(record.status.to_byte());
     out.push(flags);
@@ -925,24 +1098,31 @@ fn encode_record(record: &MessageRecord) -> Vec<u8> {
     out
 }
 
-fn decode_record(id: u64, bytes: &[u8]) -> Result<MessageRecord, AppError> {
+/// A record of schema 1: the version byte, then the body in the clear.
+fn decode_record_clear(id: u64, bytes: &[u8]) -> Result<MessageRecord, AppError> {
+    match bytes.split_first() {
+        Some((&RECORD_VERSION_CLEAR, body)) => decode_record_body(id, body),
+        _ => Err(AppError::Corrupt {
+            reason: "a message record has an unknown version",
+        }),
+    }
+}
+
+fn decode_record_body(id: u64, bytes: &[u8]) -> Result<MessageRecord, AppError> {
     let corrupt = |reason| AppError::Corrupt { reason };
-    if bytes.len() < RECORD_HEADER_LEN {
+    if bytes.len() < RECORD_BODY_LEN {
         return Err(corrupt("a message record is too short"));
     }
-    let (header, text) = bytes.split_at(RECORD_HEADER_LEN);
-    if header[0] != RECORD_VERSION {
-        return Err(corrupt("a message record has an unknown version"));
-    }
+    let (header, text) = bytes.split_at(RECORD_BODY_LEN);
     let direction =
-        Direction::from_byte(header[1]).ok_or(corrupt("a message has an unknown direction"))?;
-    let status = Status::from_byte(header[2]).ok_or(corrupt("a message has an unknown status"))?;
-    let flags = header[3];
-    let peer = decode_peer(&header[4..36])?;
-    let sent_at = decode_u64(&header[36..44], "bad time")?;
-    let received_at = decode_u64(&header[44..52], "bad time")?;
+        Direction::from_byte(header[0]).ok_or(corrupt("a message has an unknown direction"))?;
+    let status = Status::from_byte(header[1]).ok_or(corrupt("a message has an unknown status"))?;
+    let flags = header[2];
+    let peer = decode_peer(&header[3..35])?;
+    let sent_at = decode_u64(&header[35..43], "bad time")?;
+    let received_at = decode_u64(&header[43..51], "bad time")?;
     let mut envelope = [0u8; 32];
-    envelope.copy_from_slice(&header[52..84]);
+    envelope.copy_from_slice(&header[51..83]);
     Ok(MessageRecord {
         id,
         direction,
@@ -972,6 +1152,12 @@ mod tests {
         ItemId([n; 32])
     }
 
+    /// The identity whose database the tests open.
+    fn me() -> Identity {
+        let mut rng = rand_chacha_03::ChaCha20Rng::seed_from_u64(1000);
+        Identity::generate(&mut rng)
+    }
+
     fn counts_by_scan(db: &AppDb) -> Counts {
         let mut counts = Counts::default();
         for m in db.messages(None).unwrap() {
@@ -988,7 +1174,7 @@ mod tests {
     #[test]
     fn outgoing_status_only_moves_forward() {
         let home = tempfile::tempdir().unwrap();
-        let db = AppDb::open(home.path()).unwrap();
+        let db = AppDb::open(home.path(), &me()).unwrap();
         let bob = peer(1);
         let id = db.queue(bob, "hello", 100).unwrap();
         assert_eq!(db.queued(10).unwrap().len(), 1);
@@ -1028,7 +1214,7 @@ mod tests {
     #[test]
     fn delivery_can_skip_relayed() {
         let home = tempfile::tempdir().unwrap();
-        let db = AppDb::open(home.path()).unwrap();
+        let db = AppDb::open(home.path(), &me()).unwrap();
         let id = db.queue(peer(1), "direct", 100).unwrap();
         db.mark_sealed(id, envelope(9)).unwrap();
         db.mark_delivered(&envelope(9)).unwrap();
@@ -1039,7 +1225,7 @@ mod tests {
     #[test]
     fn received_is_idempotent_per_envelope_and_never_marked() {
         let home = tempfile::tempdir().unwrap();
-        let db = AppDb::open(home.path()).unwrap();
+        let db = AppDb::open(home.path(), &me()).unwrap();
         let alice = peer(2);
         let first = db
             .record_received(alice, "hi", 50, 60, envelope(3))
@@ -1066,7 +1252,7 @@ mod tests {
     #[test]
     fn text_is_bounded_and_not_empty() {
         let home = tempfile::tempdir().unwrap();
-        let db = AppDb::open(home.path()).unwrap();
+        let db = AppDb::open(home.path(), &me()).unwrap();
         let long = "x".repeat(MAX_TEXT_BYTES + 1);
         assert!(matches!(
             db.queue(peer(1), &long, 1),
@@ -1086,7 +1272,7 @@ mod tests {
     #[test]
     fn messages_filter_by_peer_in_id_order() {
         let home = tempfile::tempdir().unwrap();
-        let db = AppDb::open(home.path()).unwrap();
+        let db = AppDb::open(home.path(), &me()).unwrap();
         let (bob, carol) = (peer(1), peer(2));
         let a = db.queue(bob, "one", 1).unwrap();
         let _ = db.queue(carol, "two", 2).unwrap();
@@ -1105,13 +1291,13 @@ mod tests {
     fn survives_reopening_and_ids_keep_increasing() {
         let home = tempfile::tempdir().unwrap();
         let first = {
-            let db = AppDb::open(home.path()).unwrap();
+            let db = AppDb::open(home.path(), &me()).unwrap();
             db.queue(peer(1), "before", 1).unwrap()
         };
         // The first handle is dropped (closed) before the second opens: heed refuses two
         // handles to one environment in a process. Other processes are tested in
         // tests/cli.rs.
-        let db = AppDb::open(home.path()).unwrap();
+        let db = AppDb::open(home.path(), &me()).unwrap();
         let second = db.queue(peer(1), "after", 2).unwrap();
         assert!(second > first);
         assert_eq!(db.queued(10).unwrap().len(), 2);
@@ -1121,7 +1307,7 @@ mod tests {
     #[test]
     fn queued_respects_the_limit_oldest_first() {
         let home = tempfile::tempdir().unwrap();
-        let db = AppDb::open(home.path()).unwrap();
+        let db = AppDb::open(home.path(), &me()).unwrap();
         let ids: Vec<u64> = (0..5)
             .map(|i| db.queue(peer(1), &format!("m{i}"), i).unwrap())
             .collect();
@@ -1132,7 +1318,7 @@ mod tests {
     #[test]
     fn the_map_grows_when_full() {
         let home = tempfile::tempdir().unwrap();
-        let db = AppDb::open_with_map_size(home.path(), 64 * 1024).unwrap();
+        let db = AppDb::open_with_map_size(home.path(), &me(), 64 * 1024).unwrap();
         let text = "y".repeat(MAX_TEXT_BYTES);
         for i in 0..200 {
             db.queue(peer(1), &text, i).unwrap();
@@ -1144,7 +1330,7 @@ mod tests {
     #[test]
     fn contact_names_are_unique_ignoring_case() {
         let home = tempfile::tempdir().unwrap();
-        let db = AppDb::open(home.path()).unwrap();
+        let db = AppDb::open(home.path(), &me()).unwrap();
         let (bob, carol) = (peer(1), peer(2));
         db.set_contact_name(bob, "Bob").unwrap();
         assert!(matches!(
@@ -1167,7 +1353,7 @@ mod tests {
     }
 
     #[test]
-    fn record_round_trips_every_optional_field() {
+    fn record_round_trips_every_optional_field_sealed_to_its_place() {
         let record = MessageRecord {
             id: 7,
             direction: Direction::Incoming,
@@ -1178,11 +1364,123 @@ mod tests {
             status: Status::Received,
             envelope: Some(envelope(5)),
         };
-        let bytes = encode_record(&record);
-        assert_eq!(decode_record(7, &bytes).unwrap(), record);
-        assert!(decode_record(7, &bytes[..RECORD_HEADER_LEN - 1]).is_err());
-        let mut bad = bytes.clone();
-        bad[2] = 9;
-        assert!(decode_record(7, &bad).is_err());
+        let keys = Keys::of(&me());
+        let bytes = keys.seal_record(&record);
+        assert_eq!(keys.open_record(7, &bytes).unwrap(), record);
+        assert!(!bytes.windows(6).any(|w| w == "zürich".as_bytes()));
+        assert!(!bytes.windows(32).any(|w| w == record.peer.as_bytes()));
+        assert!(keys.open_record(7, &bytes[..bytes.len() - 1]).is_err());
+        // Moved to another id, or read with another identity's keys: refused.
+        assert!(matches!(keys.open_record(8, &bytes), Err(AppError::Sealed)));
+        let theirs = Keys::of(&Identity::generate(
+            &mut rand_chacha_03::ChaCha20Rng::seed_from_u64(2000),
+        ));
+        assert!(matches!(
+            theirs.open_record(7, &bytes),
+            Err(AppError::Sealed)
+        ));
+        let mut body = encode_record_body(&record);
+        assert_eq!(decode_record_body(7, &body).unwrap(), record);
+        assert!(decode_record_body(7, &body[..RECORD_BODY_LEN - 1]).is_err());
+        body[1] = 9;
+        assert!(decode_record_body(7, &body).is_err());
+    }
+
+    #[test]
+    fn the_files_hold_no_text_name_or_identity_in_the_clear() {
+        let home = tempfile::tempdir().unwrap();
+        {
+            let db = AppDb::open(home.path(), &me()).unwrap();
+            let id = db.queue(peer(1), "meet at the ridge", 10).unwrap();
+            db.mark_sealed(id, envelope(1)).unwrap();
+            db.mark_delivered(&envelope(1)).unwrap();
+            db.record_received(peer(2), "bring the rope", 11, 12, envelope(2))
+                .unwrap();
+            db.set_contact_name(peer(1), "Bobbington").unwrap();
+        }
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(home.path().join(APP_DIR_NAME)).unwrap() {
+            files.extend(std::fs::read(entry.unwrap().path()).unwrap());
+        }
+        for secret in [
+            &b"meet at the ridge"[..],
+            b"bring the rope",
+            b"Bobbington",
+            b"bobbington",
+            peer(1).as_bytes(),
+            peer(2).as_bytes(),
+        ] {
+            assert!(
+                !files.windows(secret.len()).any(|w| w == secret),
+                "{:?} is in the clear",
+                String::from_utf8_lossy(secret)
+            );
+        }
+        // Another identity cannot read it; ours still can.
+        let theirs = Identity::generate(&mut rand_chacha_03::ChaCha20Rng::seed_from_u64(2000));
+        let other = AppDb::open(home.path(), &theirs).unwrap();
+        assert!(matches!(other.messages(None), Err(AppError::Sealed)));
+        assert!(matches!(other.contact_by_name("Bobbington"), Ok(None)));
+        drop(other);
+        let db = AppDb::open(home.path(), &me()).unwrap();
+        let all = db.messages(None).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].status, Status::Delivered);
+        assert_eq!(db.contact_by_name("bobbington").unwrap(), Some(peer(1)));
+    }
+
+    #[test]
+    fn a_database_of_schema_1_is_sealed_when_opened() {
+        let home = tempfile::tempdir().unwrap();
+        let record = MessageRecord {
+            id: 1,
+            direction: Direction::Outgoing,
+            peer: peer(1),
+            text: "written before sealing".into(),
+            sent_at: Some(5),
+            received_at: None,
+            status: Status::Queued,
+            envelope: None,
+        };
+        {
+            // What an earlier version left: clear records and names, schema 1.
+            let db = AppDb::open(home.path(), &me()).unwrap();
+            db.write(|wtxn| {
+                let mut clear = vec![RECORD_VERSION_CLEAR];
+                clear.extend_from_slice(&encode_record_body(&record));
+                db.messages.put(wtxn, &1u64.to_be_bytes(), &clear)?;
+                db.meta.put(wtxn, KEY_NEXT_ID, &2u64.to_le_bytes())?;
+                db.outbox.put(wtxn, &1u64.to_be_bytes(), &[])?;
+                let mut entry = peer(1).as_bytes().to_vec();
+                entry.extend_from_slice(b"Bob");
+                db.names.put(wtxn, b"bob", &entry)?;
+                db.peer_names.put(wtxn, peer(1).as_bytes(), b"Bob")?;
+                db.meta.put(wtxn, KEY_SCHEMA, &SCHEMA_CLEAR.to_le_bytes())?;
+                Ok(())
+            })
+            .unwrap();
+        }
+        let db = AppDb::open(home.path(), &me()).unwrap();
+        assert_eq!(db.messages(None).unwrap(), vec![record.clone()]);
+        assert_eq!(db.queued(10).unwrap(), vec![record]);
+        assert_eq!(db.contact_by_name("BOB").unwrap(), Some(peer(1)));
+        assert_eq!(
+            db.contact_names().unwrap(),
+            vec![(peer(1), "Bob".to_owned())]
+        );
+        // The stored value is sealed now. (LMDB may keep the page with the clear one until it
+        // reuses it: see the module docs.)
+        let text = b"written before sealing";
+        let stored = db
+            .read(|rtxn| {
+                Ok(db
+                    .messages
+                    .get(rtxn, &1u64.to_be_bytes())?
+                    .map(<[u8]>::to_vec))
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored[0], RECORD_VERSION);
+        assert!(!stored.windows(text.len()).any(|w| w == text));
     }
 }

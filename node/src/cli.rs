@@ -21,8 +21,7 @@ use cairn_node::contact::{
 use cairn_node::daemon::RunArgs;
 use cairn_node::home::{Config, Home};
 use cairn_node::identity::{
-    safety_code, Identity, IdentityError, IdentityFileInfo, IdentityPublicKey, KdfParams,
-    Protection,
+    safety_code, Identity, IdentityError, IdentityPublicKey, KdfParams, Protection,
 };
 use cairn_node::seal::{period_of, PairKeys};
 
@@ -43,7 +42,8 @@ const PASSPHRASE_VAR: &str = "CAIRN_PASSPHRASE";
         Exit codes: 0 success, 1 error (one `error: ...` line on stderr), 2 usage error.",
     after_help = "Environment:\n  \
         CAIRN_HOME        home directory when --home is not given\n  \
-        CAIRN_PASSPHRASE  passphrase of the identity (set it at `init` to seal the identity)\n  \
+        CAIRN_PASSPHRASE  passphrase of the identity: set it at `init` to seal the identity,\n                    \
+        then for `run` and every command that reads contacts or messages\n  \
         RUST_LOG          log filter for stderr (default: info for run/demo, warn otherwise)"
 )]
 pub struct Cli {
@@ -544,8 +544,8 @@ fn pair(home: &Home, args: &PairArgs, out: &mut impl Write) -> Result<()> {
     // Let the peer read our last confirmation before the connection closes.
     let _ = stream.flush();
     let peer = paired.contact.identity();
-    let db = AppDb::open(home.path())?;
-    let mut book = ContactBook::open(home.path(), identity.public_key())?;
+    let db = AppDb::open(home.path(), &identity)?;
+    let mut book = ContactBook::open(home.path(), &identity)?;
     if let Some(other) = find_by_name(&db, &book, &args.name)? {
         if other.identity() != peer {
             bail!(
@@ -582,8 +582,8 @@ fn contacts_add(home: &Home, args: &AddArgs, out: &mut impl Write) -> Result<()>
     let code = ContactCode::decode(&args.code.join(""))?;
     DisplayName::new(&args.name).context("contact name refused")?;
     let identity = load_identity(home)?;
-    let mut book = ContactBook::open(home.path(), identity.public_key())?;
-    let db = AppDb::open(home.path())?;
+    let mut book = ContactBook::open(home.path(), &identity)?;
+    let db = AppDb::open(home.path(), &identity)?;
     let theirs = code.identity();
     if theirs == identity.public_key() {
         bail!("that is your own contact code; share it with others instead of adding it");
@@ -664,9 +664,9 @@ fn contacts_add(home: &Home, args: &AddArgs, out: &mut impl Write) -> Result<()>
 }
 
 fn contacts_list(home: &Home, args: &ListArgs, out: &mut impl Write) -> Result<()> {
-    let own = own_public_key(home)?;
-    let book = ContactBook::open(home.path(), own)?;
-    let db = AppDb::open(home.path())?;
+    let identity = load_identity(home)?;
+    let book = ContactBook::open(home.path(), &identity)?;
+    let db = AppDb::open(home.path(), &identity)?;
     let mut rows = Vec::new();
     for contact in book.list() {
         rows.push((contact_name(&db, contact)?, contact));
@@ -704,9 +704,9 @@ fn send(home: &Home, args: &SendArgs, out: &mut impl Write) -> Result<()> {
             args.text.len()
         );
     }
-    let own = own_public_key(home)?;
-    let book = ContactBook::open(home.path(), own)?;
-    let db = AppDb::open(home.path())?;
+    let identity = load_identity(home)?;
+    let book = ContactBook::open(home.path(), &identity)?;
+    let db = AppDb::open(home.path(), &identity)?;
     let contact = resolve_contact(&db, &book, &args.name)?;
     let id = db.queue(contact.identity(), &args.text, now_secs()?)?;
     writeln!(out, "{id}")?;
@@ -714,9 +714,9 @@ fn send(home: &Home, args: &SendArgs, out: &mut impl Write) -> Result<()> {
 }
 
 fn messages(home: &Home, args: &MessagesArgs, out: &mut impl Write) -> Result<()> {
-    let own = own_public_key(home)?;
-    let book = ContactBook::open(home.path(), own)?;
-    let db = AppDb::open(home.path())?;
+    let identity = load_identity(home)?;
+    let book = ContactBook::open(home.path(), &identity)?;
+    let db = AppDb::open(home.path(), &identity)?;
     let with = match &args.with {
         Some(name) => Some(resolve_contact(&db, &book, name)?.identity()),
         None => None,
@@ -765,8 +765,8 @@ fn human_message(record: &MessageRecord, from: &str, to: &str) -> String {
 }
 
 fn status(home: &Home, args: &StatusArgs, out: &mut impl Write) -> Result<()> {
-    own_public_key(home)?;
-    let db = AppDb::open(home.path())?;
+    let identity = load_identity(home)?;
+    let db = AppDb::open(home.path(), &identity)?;
     let counts = db.counts()?;
     let now = now_secs()?;
     let live = home.live_status(now)?;
@@ -884,14 +884,6 @@ fn verification_label(verification: Verification) -> &'static str {
         Verification::VerifiedInPerson => "verified-in-person",
         // A state added by a newer library: say so rather than guess.
         _ => "unknown",
-    }
-}
-
-fn own_public_key(home: &Home) -> Result<IdentityPublicKey> {
-    match IdentityFileInfo::read(home.path()) {
-        Ok(info) => Ok(info.identity),
-        Err(IdentityError::NotFound { .. }) => Err(not_initialised(home)),
-        Err(e) => Err(e.into()),
     }
 }
 

@@ -46,6 +46,7 @@ use rand_core_06::{CryptoRng, RngCore};
 use x25519_dalek::{EphemeralSecret, PublicKey as X25519PublicKey};
 use zeroize::Zeroizing;
 
+use crate::at_rest::SealKey;
 use crate::identity::{private_file, DevicePublicKey, Identity, IdentityPublicKey};
 use crate::seal::{MailboxKey, PairKeys};
 
@@ -95,7 +96,10 @@ const MESSAGE_CONFIRM: u8 = 2;
 const PAIRING_MESSAGE_LEN: usize = 2 + 32;
 
 const BOOK_MAGIC: &[u8; 8] = b"cairn-cb";
-const BOOK_VERSION: u8 = 2;
+/// Sealed under the identity's storage key ([`crate::at_rest`]).
+const BOOK_VERSION: u8 = 3;
+/// The last format kept in the clear (checksummed): still read, and sealed at once.
+const BOOK_VERSION_CLEAR: u8 = 2;
 const BOOK_CHECKSUM_CONTEXT: &str = "cairn 2026 contact book checksum";
 const MAX_BOOK_ENTRY_LEN: usize = 32
     + 32
@@ -110,7 +114,8 @@ const MAX_BOOK_ENTRY_LEN: usize = 32
     + MAX_PAIR_KEYS_LEN;
 /// Longest persisted [`PairKeys`] state (the outgoing key and the window's incoming keys).
 const MAX_PAIR_KEYS_LEN: usize = 2 + 40 * (1 + crate::seal::KEEP_PERIODS as usize + 1);
-const MAX_BOOK_FILE_LEN: u64 = (8 + 1 + 4 + 32 + MAX_CONTACTS * MAX_BOOK_ENTRY_LEN) as u64;
+const MAX_BOOK_FILE_LEN: u64 =
+    (8 + 1 + 4 + crate::at_rest::SEAL_OVERHEAD + MAX_CONTACTS * MAX_BOOK_ENTRY_LEN) as u64;
 
 /// Why a contact code (or a name or hint for one) was refused. The variants match what the
 /// user should do: fix a typo, update Cairn, or ask for a new code.
@@ -1264,6 +1269,12 @@ pub enum ContactBookError {
     UnsupportedVersion { path: PathBuf, version: u8 },
     #[error("{} is corrupt ({reason}); restore it from a backup", .path.display())]
     Corrupt { path: PathBuf, reason: &'static str },
+    #[error(
+        "{} cannot be opened with this identity: it belongs to another identity, or it is \
+         damaged",
+        .path.display()
+    )]
+    Sealed { path: PathBuf },
     #[error("that is your own contact code; share it with others instead of adding it")]
     AddingYourself,
     #[error("the contact book is full ({MAX_CONTACTS} contacts)")]
@@ -1299,16 +1310,22 @@ pub enum AddOutcome {
 /// so no writer ever overwrites another's change. Readers need no lock: the file is replaced
 /// whole, by a rename.
 ///
-/// Format v1: `"cairn-cb" ‖ version(1) ‖ count(u32 LE) ‖ entries ‖ checksum(32)`, an entry
-/// being `identity(32) ‖ device(32) ‖ signature(64) ‖ verification(1) ‖ name length(1) ‖ name
-/// ‖ hint count(1) ‖ (length(1) ‖ hint)*`, the checksum `BLAKE3(derive_key "cairn 2026
-/// contact book checksum", everything before)`. Device signatures are checked when a contact
-/// is added, not again at load: the file is private, checksummed, and loading stays fast.
+/// The file is sealed under the identity's storage key ([`crate::at_rest`]): whoever cannot
+/// unlock the identity cannot read whom it knows.
+///
+/// Format v3: `"cairn-cb" ‖ version(1) ‖ sealed(count(u32 LE) ‖ entries)`, sealed with the
+/// book's key and `"cairn-cb" ‖ version` as associated data; an entry is `identity(32) ‖
+/// device(32) ‖ signature(64) ‖ mailbox(32) ‖ verification(1) ‖ name length(1) ‖ name ‖ hint
+/// count(1) ‖ (length(1) ‖ hint)* ‖ keys length(u16 LE) ‖ sealing keys`. Version 2 held the
+/// same entries in the clear, followed by a checksum; a v2 book is sealed as soon as it is
+/// opened. Device signatures are checked when a contact is added, not again at load: the file
+/// is sealed, and loading stays fast.
 #[derive(Debug)]
 pub struct ContactBook {
     path: PathBuf,
     home: PathBuf,
     own_identity: IdentityPublicKey,
+    key: SealKey,
     contacts: BTreeMap<IdentityPublicKey, Contact>,
 }
 
@@ -1323,17 +1340,25 @@ enum Change<R> {
 }
 
 impl ContactBook {
-    /// Opens the book in `home` (an empty one if there is no file yet). `own_identity` is
-    /// this node's identity, which can never be added as a contact.
-    pub fn open(home: &Path, own_identity: IdentityPublicKey) -> Result<Self, ContactBookError> {
+    /// Opens the book of `identity` in `home` (an empty one if there is no file yet). The
+    /// identity can never be its own contact.
+    pub fn open(home: &Path, identity: &Identity) -> Result<Self, ContactBookError> {
         let path = home.join(CONTACT_BOOK_FILE_NAME);
-        let contacts = read_book(&path, &own_identity)?;
-        Ok(Self {
+        let key = identity.storage_key().subkey("contact book");
+        let own_identity = identity.public_key();
+        let (contacts, in_the_clear) = read_book(&path, &key, &own_identity)?;
+        let mut book = Self {
             path,
             home: home.to_path_buf(),
             own_identity,
+            key,
             contacts,
-        })
+        };
+        if in_the_clear {
+            // Written by an earlier version: seal it now rather than at the next change.
+            book.update(|_| Ok(Change::Write(())))?;
+        }
+        Ok(book)
     }
 
     pub fn len(&self) -> usize {
@@ -1498,11 +1523,11 @@ impl ContactBook {
         private_file::create_home(&self.home).map_err(io_error(&self.home))?;
         let lock_path = self.home.join(CONTACT_BOOK_LOCK_FILE_NAME);
         let _lock = private_file::lock_exclusive(&lock_path).map_err(io_error(&lock_path))?;
-        let mut contacts = read_book(&self.path, &self.own_identity)?;
+        let (mut contacts, in_the_clear) = read_book(&self.path, &self.key, &self.own_identity)?;
         let answer = match change(&mut contacts)? {
-            Change::Keep(answer) => answer,
-            Change::Write(answer) => {
-                let bytes = encode_book(&contacts);
+            Change::Keep(answer) if !in_the_clear => answer,
+            Change::Keep(answer) | Change::Write(answer) => {
+                let bytes = encode_book(&self.key, &contacts);
                 private_file::write_atomically(&self.path, &bytes, private_file::Replace::Allow)
                     .map_err(io_error(&self.path))?;
                 answer
@@ -1513,12 +1538,17 @@ impl ContactBook {
     }
 }
 
-/// The contacts in the book file at `path` (none if there is no file yet).
-fn read_book(path: &Path, own_identity: &IdentityPublicKey) -> Result<Contacts, ContactBookError> {
+/// The contacts in the book file at `path` (none if there is no file yet), and whether the
+/// file is of the format kept in the clear.
+fn read_book(
+    path: &Path,
+    key: &SealKey,
+    own_identity: &IdentityPublicKey,
+) -> Result<(Contacts, bool), ContactBookError> {
     let path = path.to_path_buf();
-    let contacts = match private_file::read(&path, MAX_BOOK_FILE_LEN) {
-        Ok(bytes) => decode_book(&path, &bytes)?,
-        Err(private_file::ReadError::NotFound) => BTreeMap::new(),
+    let (contacts, in_the_clear) = match private_file::read(&path, MAX_BOOK_FILE_LEN) {
+        Ok(bytes) => decode_book(&path, key, &bytes)?,
+        Err(private_file::ReadError::NotFound) => (BTreeMap::new(), false),
         Err(private_file::ReadError::InsecurePermissions { mode }) => {
             return Err(ContactBookError::InsecurePermissions { path, mode })
         }
@@ -1536,13 +1566,21 @@ fn read_book(path: &Path, own_identity: &IdentityPublicKey) -> Result<Contacts, 
             reason: "the book lists its own owner as a contact",
         });
     }
-    Ok(contacts)
+    Ok((contacts, in_the_clear))
 }
 
-fn encode_book(contacts: &BTreeMap<IdentityPublicKey, Contact>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + 1 + 4 + contacts.len() * 200 + 32);
+fn encode_book(key: &SealKey, contacts: &Contacts) -> Vec<u8> {
+    let mut out = Vec::with_capacity(BOOK_MAGIC.len() + 1 + crate::at_rest::SEAL_OVERHEAD);
     out.extend_from_slice(BOOK_MAGIC);
     out.push(BOOK_VERSION);
+    let sealed = key.seal(&out, &encode_entries(contacts));
+    out.extend_from_slice(&sealed);
+    out
+}
+
+/// `count ‖ entries`: what the file holds, sealed. Wiped after use (it holds sealing keys).
+fn encode_entries(contacts: &Contacts) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(4 + contacts.len() * 400));
     // At most MAX_CONTACTS, enforced by `add`.
     out.extend_from_slice(&(contacts.len() as u32).to_le_bytes());
     for contact in contacts.values() {
@@ -1567,15 +1605,14 @@ fn encode_book(contacts: &BTreeMap<IdentityPublicKey, Contact>) -> Vec<u8> {
             None => out.extend_from_slice(&0u16.to_le_bytes()),
         }
     }
-    let checksum = blake3::derive_key(BOOK_CHECKSUM_CONTEXT, &out);
-    out.extend_from_slice(&checksum);
     out
 }
 
 fn decode_book(
     path: &Path,
+    key: &SealKey,
     bytes: &[u8],
-) -> Result<BTreeMap<IdentityPublicKey, Contact>, ContactBookError> {
+) -> Result<(Contacts, bool), ContactBookError> {
     let corrupt = |reason| ContactBookError::Corrupt {
         path: path.to_path_buf(),
         reason,
@@ -1585,28 +1622,44 @@ fn decode_book(
             path: path.to_path_buf(),
         });
     }
-    let mut reader = Reader::new(&bytes[BOOK_MAGIC.len()..]);
-    let version = reader.u8().ok_or(corrupt("truncated"))?;
+    let header_len = BOOK_MAGIC.len() + 1;
+    let version = *bytes.get(BOOK_MAGIC.len()).ok_or(corrupt("truncated"))?;
     if version > BOOK_VERSION {
         return Err(ContactBookError::UnsupportedVersion {
             path: path.to_path_buf(),
             version,
         });
     }
-    if version != BOOK_VERSION {
+    if version == BOOK_VERSION {
+        let (header, sealed) = bytes.split_at(header_len);
+        let entries = key.open(header, sealed).ok_or(ContactBookError::Sealed {
+            path: path.to_path_buf(),
+        })?;
+        return Ok((decode_entries(path, &entries)?, false));
+    }
+    if version != BOOK_VERSION_CLEAR {
         return Err(corrupt("unknown format version"));
     }
     let Some(content_len) = bytes.len().checked_sub(32) else {
         return Err(corrupt("truncated"));
     };
-    if content_len < BOOK_MAGIC.len() + 1 + 4 {
+    if content_len < header_len + 4 {
         return Err(corrupt("truncated"));
     }
     let (content, checksum) = bytes.split_at(content_len);
     if blake3::derive_key(BOOK_CHECKSUM_CONTEXT, content) != checksum {
         return Err(corrupt("checksum mismatch"));
     }
-    let mut reader = Reader::new(&content[BOOK_MAGIC.len() + 1..]);
+    Ok((decode_entries(path, &content[header_len..])?, true))
+}
+
+/// Parses `count ‖ entries`.
+fn decode_entries(path: &Path, bytes: &[u8]) -> Result<Contacts, ContactBookError> {
+    let corrupt = |reason| ContactBookError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut reader = Reader::new(bytes);
     let count = reader.u32().ok_or(corrupt("truncated"))? as usize;
     if count > MAX_CONTACTS {
         return Err(corrupt("more contacts than a book may hold"));

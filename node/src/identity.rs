@@ -304,6 +304,17 @@ impl Identity {
         ))
     }
 
+    /// The identity's secret seed, for keys derived from it ([`crate::at_rest`]). Wiped when
+    /// the returned value is dropped.
+    pub(crate) fn secret_seed(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.identity.to_bytes())
+    }
+
+    /// The root of the keys that seal this node's files ([`crate::at_rest::StorageKey`]).
+    pub fn storage_key(&self) -> crate::at_rest::StorageKey {
+        crate::at_rest::StorageKey::of(self)
+    }
+
     /// Writes this identity to `home/identity.key`, refusing to replace an existing one:
     /// losing an identity means every contact must verify the user again, so overwriting is
     /// never a side effect (see [`change_protection`] for the deliberate rewrite).

@@ -4,6 +4,7 @@
 //! the node's home directory and its message database.
 
 pub mod app;
+pub mod at_rest;
 pub mod contact;
 pub mod daemon;
 pub mod direct;

@@ -9,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 use cairn_node::app::{AppDb, Status};
 use cairn_node::contact::ContactCode;
 use cairn_node::home::{DaemonStatus, Home};
+use cairn_node::identity::Identity;
 use cairn_sync::envelope::ItemId;
 
 fn cairn_command(home: &Path, args: &[&str]) -> Command {
@@ -176,8 +177,63 @@ fn a_passphrase_seals_the_identity() {
         .unwrap();
     assert!(right.status.success());
     ContactCode::decode(last_line(&stdout(&right))).unwrap();
-    // Listing needs only public keys.
-    ok(&home, &["contacts", "list"]);
+
+    // Whom the user knows and what they wrote are sealed with the identity: without the
+    // passphrase no command shows them, and the files do not hold them in the clear.
+    let (_, bob_code) = node(dir.path(), "bob");
+    let unlocked = |args: &[&str]| {
+        let output = cairn_command(&home, args)
+            .env("CAIRN_PASSPHRASE", "correct horse")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}: {}", stderr(&output));
+        stdout(&output)
+    };
+    unlocked(&["contacts", "add", "Bartholomew", &bob_code]);
+    unlocked(&[
+        "send",
+        "Bartholomew",
+        "the spare key is under the third cairn",
+    ]);
+    for args in [
+        &["contacts", "list"][..],
+        &["messages"],
+        &["send", "Bartholomew", "hello"],
+        &["status"],
+    ] {
+        let err = fails(&home, args);
+        assert!(err.contains("CAIRN_PASSPHRASE"), "{args:?}: {err}");
+    }
+    assert!(unlocked(&["contacts", "list"]).contains("Bartholomew"));
+    assert!(unlocked(&["messages"]).contains("the spare key is under the third cairn"));
+    let bob = ContactCode::decode(&bob_code).unwrap().identity();
+    let mut files = Vec::new();
+    let mut dirs = vec![home.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    for (path, bytes) in &files {
+        for secret in [
+            &b"Bartholomew"[..],
+            b"bartholomew",
+            b"the spare key",
+            bob.as_bytes(),
+        ] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret),
+                "{} holds {:?} in the clear",
+                path.display(),
+                String::from_utf8_lossy(secret)
+            );
+        }
+    }
 }
 
 #[test]
@@ -238,11 +294,12 @@ fn two_nodes_add_each_other_and_names_are_unique() {
         2
     );
 
-    let keys = cairn_node::contact::ContactBook::open(
-        &alice,
-        ContactCode::decode(&alice_code).unwrap().identity(),
-    )
-    .unwrap();
+    let me = Identity::load(&alice, None).unwrap();
+    assert_eq!(
+        me.public_key(),
+        ContactCode::decode(&alice_code).unwrap().identity()
+    );
+    let keys = cairn_node::contact::ContactBook::open(&alice, &me).unwrap();
     assert!(keys.list().iter().all(|c| c.pair_keys().is_some()));
 }
 
@@ -433,7 +490,7 @@ fn the_message_database_is_shared_between_processes() {
     ok(&alice, &["contacts", "add", "bob", &bob_code]);
     let bob = ContactCode::decode(&bob_code).unwrap().identity();
 
-    let db = AppDb::open(&alice).unwrap();
+    let db = AppDb::open(&alice, &Identity::load(&alice, None).unwrap()).unwrap();
     // A child writes; the open handle sees it without reopening.
     let id: u64 = ok(&alice, &["send", "bob", "from the command"])
         .trim()

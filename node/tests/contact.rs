@@ -691,7 +691,7 @@ fn the_book_persists_privately_across_restarts() {
     let me = Identity::generate(&mut rng(1));
     let bob = Identity::generate(&mut rng(2));
     let carol = Identity::generate(&mut rng(3));
-    let mut book = ContactBook::open(home.path(), me.public_key()).unwrap();
+    let mut book = ContactBook::open(home.path(), &me).unwrap();
     assert!(book.is_empty());
     assert_eq!(
         book.add(code_contact(&bob, "Bob", &["10.0.0.2:7420"]))
@@ -708,7 +708,7 @@ fn the_book_persists_privately_across_restarts() {
         0o600
     );
 
-    let reopened = ContactBook::open(home.path(), me.public_key()).unwrap();
+    let reopened = ContactBook::open(home.path(), &me).unwrap();
     let names: Vec<&str> = reopened
         .list()
         .iter()
@@ -724,7 +724,7 @@ fn the_book_persists_privately_across_restarts() {
         .unwrap();
 
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-    let err = ContactBook::open(home.path(), me.public_key()).unwrap_err();
+    let err = ContactBook::open(home.path(), &me).unwrap_err();
     assert!(matches!(err, ContactBookError::InsecurePermissions { .. }));
     assert!(err.to_string().contains("chmod 600"));
 }
@@ -733,7 +733,7 @@ fn the_book_persists_privately_across_restarts() {
 fn you_cannot_add_yourself() {
     let home = tempfile::tempdir().unwrap();
     let me = Identity::generate(&mut rng(1));
-    let mut book = ContactBook::open(home.path(), me.public_key()).unwrap();
+    let mut book = ContactBook::open(home.path(), &me).unwrap();
     assert!(matches!(
         book.add(code_contact(&me, "Me", &[])),
         Err(ContactBookError::AddingYourself)
@@ -747,7 +747,7 @@ fn re_adding_updates_details_but_never_downgrades_verification() {
     let me = Identity::generate(&mut rng(1));
     let bob = Identity::generate(&mut rng(2));
     let (bob_in_person, _) = pair(&me, &bob, 10);
-    let mut book = ContactBook::open(home.path(), me.public_key()).unwrap();
+    let mut book = ContactBook::open(home.path(), &me).unwrap();
     assert_eq!(book.add(bob_in_person.clone()).unwrap(), AddOutcome::Added);
     assert_eq!(book.add(bob_in_person).unwrap(), AddOutcome::Unchanged);
 
@@ -765,7 +765,7 @@ fn re_adding_updates_details_but_never_downgrades_verification() {
             .unwrap(),
         Verification::VerifiedInPerson
     );
-    let reopened = ContactBook::open(home.path(), me.public_key()).unwrap();
+    let reopened = ContactBook::open(home.path(), &me).unwrap();
     assert_eq!(
         reopened.get(&bob.public_key()).unwrap().verification(),
         Verification::VerifiedInPerson
@@ -777,7 +777,7 @@ fn verification_by_safety_code_is_recorded_and_can_be_raised_in_person() {
     let home = tempfile::tempdir().unwrap();
     let me = Identity::generate(&mut rng(1));
     let bob = Identity::generate(&mut rng(2));
-    let mut book = ContactBook::open(home.path(), me.public_key()).unwrap();
+    let mut book = ContactBook::open(home.path(), &me).unwrap();
     let _ = book.add(code_contact(&bob, "B", &[])).unwrap();
     assert_eq!(
         book.mark_verified(&bob.public_key(), Verification::VerifiedBySafetyCode)
@@ -807,7 +807,7 @@ fn a_changed_device_key_is_reported_not_accepted() {
     let home = tempfile::tempdir().unwrap();
     let me = Identity::generate(&mut rng(1));
     let mut bob = Identity::generate(&mut rng(2));
-    let mut book = ContactBook::open(home.path(), me.public_key()).unwrap();
+    let mut book = ContactBook::open(home.path(), &me).unwrap();
     let _ = book.add(code_contact(&bob, "Bob", &[])).unwrap();
     book.mark_verified(&bob.public_key(), Verification::VerifiedBySafetyCode)
         .unwrap();
@@ -821,7 +821,7 @@ fn a_changed_device_key_is_reported_not_accepted() {
             offered: bob.device_public_key()
         }
     );
-    let reopened = ContactBook::open(home.path(), me.public_key()).unwrap();
+    let reopened = ContactBook::open(home.path(), &me).unwrap();
     assert_eq!(
         reopened.get(&bob.public_key()).unwrap().device(),
         old_device
@@ -847,11 +847,11 @@ fn removing_a_contact_is_persisted() {
     let home = tempfile::tempdir().unwrap();
     let me = Identity::generate(&mut rng(1));
     let bob = Identity::generate(&mut rng(2));
-    let mut book = ContactBook::open(home.path(), me.public_key()).unwrap();
+    let mut book = ContactBook::open(home.path(), &me).unwrap();
     let _ = book.add(code_contact(&bob, "Bob", &[])).unwrap();
     assert!(book.remove(&bob.public_key()).unwrap().is_some());
     assert!(book.remove(&bob.public_key()).unwrap().is_none());
-    let reopened = ContactBook::open(home.path(), me.public_key()).unwrap();
+    let reopened = ContactBook::open(home.path(), &me).unwrap();
     assert!(reopened.get(&bob.public_key()).is_none());
     assert_eq!(reopened.len(), 0);
 }
@@ -860,7 +860,7 @@ fn removing_a_contact_is_persisted() {
 fn a_damaged_book_is_refused_not_half_read() {
     let home = tempfile::tempdir().unwrap();
     let me = Identity::generate(&mut rng(1));
-    let mut book = ContactBook::open(home.path(), me.public_key()).unwrap();
+    let mut book = ContactBook::open(home.path(), &me).unwrap();
     for seed in 2..5 {
         let other = Identity::generate(&mut rng(seed));
         let _ = book.add(code_contact(&other, "X", &["h:1"])).unwrap();
@@ -871,29 +871,21 @@ fn a_damaged_book_is_refused_not_half_read() {
         let mut damaged = original.clone();
         damaged[i] ^= 0x04;
         fs::write(&path, &damaged).unwrap();
-        assert!(
-            ContactBook::open(home.path(), me.public_key()).is_err(),
-            "byte {i}"
-        );
+        assert!(ContactBook::open(home.path(), &me).is_err(), "byte {i}");
     }
     for len in [0, 8, 9, 13, original.len() - 1] {
         fs::write(&path, &original[..len]).unwrap();
-        assert!(ContactBook::open(home.path(), me.public_key()).is_err());
+        assert!(ContactBook::open(home.path(), &me).is_err());
     }
     let mut newer = original.clone();
-    newer[8] = 3;
+    newer[8] = 4;
     fs::write(&path, &newer).unwrap();
     assert!(matches!(
-        ContactBook::open(home.path(), me.public_key()),
-        Err(ContactBookError::UnsupportedVersion { version: 3, .. })
+        ContactBook::open(home.path(), &me),
+        Err(ContactBookError::UnsupportedVersion { version: 4, .. })
     ));
     fs::write(&path, &original).unwrap();
-    assert_eq!(
-        ContactBook::open(home.path(), me.public_key())
-            .unwrap()
-            .len(),
-        3
-    );
+    assert_eq!(ContactBook::open(home.path(), &me).unwrap().len(), 3);
 }
 
 /// Pins the contact code format and the pairing key schedule: codes printed or shared today
@@ -960,7 +952,7 @@ fn a_paired_contact_keeps_its_sealing_keys_and_mailbox_across_restarts() {
         day,
     );
     {
-        let mut book = ContactBook::open(home.path(), alice.public_key()).unwrap();
+        let mut book = ContactBook::open(home.path(), &alice).unwrap();
         assert_eq!(book.add(paired.contact.clone()).unwrap(), AddOutcome::Added);
         book.set_pair_keys(&bob.public_key(), &keys).unwrap();
         // Re-adding from a code (no keys in it) keeps the keys.
@@ -971,7 +963,7 @@ fn a_paired_contact_keeps_its_sealing_keys_and_mailbox_across_restarts() {
             .unwrap();
         assert_eq!(readded, AddOutcome::Updated);
     }
-    let book = ContactBook::open(home.path(), alice.public_key()).unwrap();
+    let book = ContactBook::open(home.path(), &alice).unwrap();
     let contact = book.get(&bob.public_key()).unwrap();
     assert_eq!(contact.display_name().as_str(), "Bobby");
     assert_eq!(contact.verification(), Verification::VerifiedInPerson);
@@ -1024,8 +1016,8 @@ fn a_stale_book_never_overwrites_another_writers_change() {
     let me = Identity::generate(&mut rng(1));
     let bob = Identity::generate(&mut rng(2));
     let carol = Identity::generate(&mut rng(3));
-    let mut daemon = ContactBook::open(home.path(), me.public_key()).unwrap();
-    let mut command = ContactBook::open(home.path(), me.public_key()).unwrap();
+    let mut daemon = ContactBook::open(home.path(), &me).unwrap();
+    let mut command = ContactBook::open(home.path(), &me).unwrap();
     assert_eq!(
         command.add(code_contact(&bob, "Bob", &[])).unwrap(),
         AddOutcome::Added
@@ -1047,14 +1039,14 @@ fn a_stale_book_never_overwrites_another_writers_change() {
         AddOutcome::Unchanged
     );
     assert!(command.get(&carol.public_key()).is_some());
-    let on_disk = ContactBook::open(home.path(), me.public_key()).unwrap();
+    let on_disk = ContactBook::open(home.path(), &me).unwrap();
     assert_eq!(on_disk.len(), 2);
     // A removal by one is not undone by the other's later, unrelated change.
     assert!(command.remove(&bob.public_key()).unwrap().is_some());
     daemon
         .mark_verified(&carol.public_key(), Verification::VerifiedBySafetyCode)
         .unwrap();
-    let on_disk = ContactBook::open(home.path(), me.public_key()).unwrap();
+    let on_disk = ContactBook::open(home.path(), &me).unwrap();
     assert!(on_disk.get(&bob.public_key()).is_none());
     assert_eq!(
         on_disk.get(&carol.public_key()).unwrap().verification(),
@@ -1069,7 +1061,7 @@ fn the_daily_key_roll_keeps_a_pairing_recorded_meanwhile() {
     let me = Identity::generate(&mut rng(1));
     let bob = Identity::generate(&mut rng(2));
     let day = 20_600;
-    let mut daemon = ContactBook::open(home.path(), me.public_key()).unwrap();
+    let mut daemon = ContactBook::open(home.path(), &me).unwrap();
     // `cairn pair` records Bob and the keys of the pairing while the daemon runs.
     let keys = PairKeys::new(
         &[7; 32],
@@ -1077,14 +1069,14 @@ fn the_daily_key_roll_keeps_a_pairing_recorded_meanwhile() {
         bob.public_key().as_bytes(),
         day,
     );
-    let mut command = ContactBook::open(home.path(), me.public_key()).unwrap();
+    let mut command = ContactBook::open(home.path(), &me).unwrap();
     let _added = command.add(code_contact(&bob, "Bob", &[])).unwrap();
     command.set_pair_keys(&bob.public_key(), &keys).unwrap();
     // At midnight the daemon rolls the keys of the book on disk, Bob's included.
     daemon.advance_pair_keys(day + 1).unwrap();
     let mut expected = keys.clone();
     expected.advance(day + 1);
-    let on_disk = ContactBook::open(home.path(), me.public_key()).unwrap();
+    let on_disk = ContactBook::open(home.path(), &me).unwrap();
     let rolled = on_disk.get(&bob.public_key()).unwrap().pair_keys().unwrap();
     assert_eq!(rolled.to_bytes(), expected.to_bytes());
     assert_ne!(
@@ -1098,12 +1090,13 @@ fn the_daily_key_roll_keeps_a_pairing_recorded_meanwhile() {
 fn concurrent_writers_lose_no_contact() {
     let home = tempfile::tempdir().unwrap();
     let me = Identity::generate(&mut rng(1));
-    let own = me.public_key();
     let writers: Vec<_> = (0..4u64)
         .map(|w| {
             let home = home.path().to_path_buf();
             std::thread::spawn(move || {
-                let mut book = ContactBook::open(&home, own).unwrap();
+                // The same identity in each writer (the daemon and commands each load it).
+                let me = Identity::generate(&mut rng(1));
+                let mut book = ContactBook::open(&home, &me).unwrap();
                 for i in 0..15u64 {
                     let peer = Identity::generate(&mut rng(100 + w * 100 + i));
                     let name = format!("w{w} c{i}");
@@ -1118,6 +1111,68 @@ fn concurrent_writers_lose_no_contact() {
     for writer in writers {
         writer.join().unwrap();
     }
-    let book = ContactBook::open(home.path(), own).unwrap();
+    let book = ContactBook::open(home.path(), &me).unwrap();
     assert_eq!(book.len(), 60);
+}
+
+#[test]
+fn the_book_is_sealed_to_its_identity() {
+    let home = tempfile::tempdir().unwrap();
+    let me = Identity::generate(&mut rng(1));
+    let bob = Identity::generate(&mut rng(2));
+    let mut book = ContactBook::open(home.path(), &me).unwrap();
+    let _added = book
+        .add(code_contact(&bob, "Bartholomew", &["10.0.0.2:7420"]))
+        .unwrap();
+    let bytes = fs::read(home.path().join(CONTACT_BOOK_FILE_NAME)).unwrap();
+    for secret in [
+        &b"Bartholomew"[..],
+        b"10.0.0.2:7420",
+        bob.public_key().as_bytes(),
+        bob.device_public_key().as_bytes(),
+    ] {
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret));
+    }
+    // Another identity (a book copied to another home, say) cannot read it.
+    let thief = Identity::generate(&mut rng(3));
+    let err = ContactBook::open(home.path(), &thief).unwrap_err();
+    assert!(matches!(err, ContactBookError::Sealed { .. }), "{err}");
+    assert!(err.to_string().contains("another identity"));
+    assert_eq!(ContactBook::open(home.path(), &me).unwrap().len(), 1);
+}
+
+/// A book an earlier version wrote (format 2, in the clear) is read, and sealed at once.
+#[test]
+fn a_book_in_the_clear_is_sealed_when_opened() {
+    let home = tempfile::tempdir().unwrap();
+    let me = Identity::generate(&mut rng(1));
+    let bob = Identity::generate(&mut rng(2));
+    let contact = code_contact(&bob, "Bob", &["h:1"]);
+    let mut clear = b"cairn-cb\x02".to_vec();
+    clear.extend_from_slice(&1u32.to_le_bytes());
+    clear.extend_from_slice(contact.identity().as_bytes());
+    clear.extend_from_slice(contact.device().as_bytes());
+    clear.extend_from_slice(contact.device_signature());
+    clear.extend_from_slice(&contact.mailbox_key().0);
+    clear.push(0); // unverified
+    clear.push(3);
+    clear.extend_from_slice(b"Bob");
+    clear.push(1);
+    clear.push(3);
+    clear.extend_from_slice(b"h:1");
+    clear.extend_from_slice(&0u16.to_le_bytes()); // no sealing keys
+    let checksum = blake3::derive_key("cairn 2026 contact book checksum", &clear);
+    clear.extend_from_slice(&checksum);
+    let path = home.path().join(CONTACT_BOOK_FILE_NAME);
+    fs::write(&path, &clear).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+
+    let book = ContactBook::open(home.path(), &me).unwrap();
+    assert_eq!(book.get(&bob.public_key()), Some(&contact));
+    let bytes = fs::read(&path).unwrap();
+    assert_eq!(bytes[8], 3, "rewritten in the sealed format");
+    assert!(!bytes.windows(3).any(|w| w == b"h:1"));
+    assert!(!bytes.windows(32).any(|w| w == bob.public_key().as_bytes()));
+    let reopened = ContactBook::open(home.path(), &me).unwrap();
+    assert_eq!(reopened.get(&bob.public_key()), Some(&contact));
 }

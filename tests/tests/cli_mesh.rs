@@ -89,10 +89,16 @@ fn a_carrier_takes_the_message_to_bob_and_the_receipt_back() {
         (carol.status().carried == Some(1)).then_some(())
     });
     assert_plaintext_absent(&carol, TEXT);
-    // (The search does find it where it is kept in the clear: Alice's message database.)
-    assert!(files_under(&alice.home)
-        .iter()
-        .any(|f| contains_bytes(&std::fs::read(f).unwrap(), TEXT.as_bytes())));
+    // Alice's own copy is sealed at rest too: her message database shows it only to her
+    // identity. (A control: the search does find the text in a file that holds it.)
+    assert_plaintext_absent(&alice, TEXT);
+    let control = alice.home.with_extension("control");
+    std::fs::write(&control, format!("xx{TEXT}xx")).unwrap();
+    assert!(contains_bytes(
+        &std::fs::read(&control).unwrap(),
+        TEXT.as_bytes()
+    ));
+    std::fs::remove_file(&control).unwrap();
 
     // Carol meets Bob: only Carol can have brought it.
     let bob_run = bob.run(ON_LOOPBACK);

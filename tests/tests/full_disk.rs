@@ -24,6 +24,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cairn_node::app::AppDb;
+use cairn_node::identity::Identity;
 use cairn_sync::store::{LmdbConfig, LmdbStore, Store};
 use cairn_tests::harness::{output_within, wait_until, Node};
 use cairn_tests::namespace::in_private_network_and_mounts;
@@ -263,7 +264,8 @@ fn fill_leaving(path: &Path, free: u64) {
 /// Queues `texts` to `to` in `node`'s message database, as `cairn send` does (one process
 /// per message would take most of the test's time).
 fn queue_all(node: &Node, to: &str, texts: &[String]) {
-    let db = AppDb::open(&node.home).unwrap();
+    let identity = Identity::load(&node.home, None).unwrap();
+    let db = AppDb::open(&node.home, &identity).unwrap();
     let recipient = db
         .contact_by_name(to)
         .unwrap()

@@ -108,7 +108,7 @@ impl Core {
         shared: Arc<Shared>,
         app: AppDb,
     ) -> anyhow::Result<Core> {
-        let book = ContactBook::open(home, identity.public_key())
+        let book = ContactBook::open(home, &identity)
             .with_context(|| format!("opening the contact book in {}", home.display()))?;
         let mut core = Core {
             home: home.to_path_buf(),
@@ -148,7 +148,7 @@ impl Core {
         }
         let stamp = self.book_mtime();
         if stamp != self.book_stamp {
-            self.book = ContactBook::open(&self.home, self.identity.public_key())?;
+            self.book = ContactBook::open(&self.home, &self.identity)?;
             self.book_stamp = stamp;
             self.unsealable.clear();
             self.refresh_direct();

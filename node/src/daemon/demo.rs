@@ -94,7 +94,7 @@ async fn run_demo() -> anyhow::Result<()> {
     cast.say("Alice and Bob paired in person: each scanned the other's code, and the phones checked commitments and confirmations.");
     cast.say("Carol is on the same team (same network key) but knows neither of them.");
 
-    let alice_app = AppDb::open(&cast.homes["Alice"])?;
+    let alice_app = AppDb::open(&cast.homes["Alice"], &identities["Alice"])?;
     let bob_key = identities["Bob"].public_key();
     alice_app.queue(bob_key, TEXT, super::shared::now_ms() / 1000)?;
     drop(alice_app);
@@ -151,8 +151,8 @@ async fn run_demo() -> anyhow::Result<()> {
     carol.shutdown().await?;
     drain(&cast, &mut stories, Duration::from_millis(200)).await;
 
-    let alice_app = AppDb::open(&cast.homes["Alice"])?;
-    let bob_app = AppDb::open(&cast.homes["Bob"])?;
+    let alice_app = AppDb::open(&cast.homes["Alice"], &identities["Alice"])?;
+    let bob_app = AppDb::open(&cast.homes["Bob"], &identities["Bob"])?;
     let sent = alice_app.messages(None)?;
     let got = bob_app.messages(None)?;
     println!();

@@ -97,7 +97,7 @@ impl NodeHandle {
             .with_context(|| format!("unlocking the identity in {}", home.display()))?;
         let store = LmdbStore::open(&home.join("store"), LmdbConfig::default())
             .with_context(|| format!("opening the message store in {}", home.display()))?;
-        let app = AppDb::open(&home).context("opening the message database")?;
+        let app = AppDb::open(&home, &identity).context("opening the message database")?;
         let today = crate::seal::period_of(now_ms() / 1000);
         let (shared, events) = Shared::new(
             store,

@@ -65,10 +65,10 @@ pub fn pair_in_person(a: PairingSide<'_>, b: PairingSide<'_>) -> anyhow::Result<
             peer.as_bytes(),
             today,
         );
-        let mut book = ContactBook::open(side.home, side.identity.public_key())?;
+        let mut book = ContactBook::open(side.home, side.identity)?;
         let _added = book.add(paired.contact)?;
         book.set_pair_keys(&peer, &keys)?;
-        AppDb::open(side.home)?.set_contact_name(peer, side.calls_peer)?;
+        AppDb::open(side.home, side.identity)?.set_contact_name(peer, side.calls_peer)?;
     }
     Ok(())
 }

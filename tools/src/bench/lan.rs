@@ -287,7 +287,9 @@ fn parse_key(hex: &str) -> anyhow::Result<IdentityPublicKey> {
 /// (as `cairn send` does), and reports when it started and finished.
 pub fn queue(args: &QueueArgs) -> anyhow::Result<serde_json::Value> {
     let to = parse_key(&args.to)?;
-    let app = AppDb::open(&args.home)
+    let identity = Identity::load(&args.home, None)
+        .with_context(|| format!("unlocking the identity in {}", args.home.display()))?;
+    let app = AppDb::open(&args.home, &identity)
         .with_context(|| format!("opening the message database in {}", args.home.display()))?;
     let first_ms = now_ms();
     let started = Instant::now();
@@ -554,7 +556,7 @@ async fn measure_run<S: std::fmt::Debug>(
 async fn first_delivered(dir: &Path, log: bool) -> anyhow::Result<serde_json::Value> {
     let pair = Pair::create(dir)?;
     let queued_ms = now_ms();
-    AppDb::open(&pair.alice_home)?.queue(
+    AppDb::open(&pair.alice_home, &pair.alice)?.queue(
         pair.bob_key(),
         &text_for("first", 0, queued_ms),
         queued_ms / 1000,
@@ -603,7 +605,7 @@ async fn backlog_drain(
     let pair = Pair::create(dir)?;
     let queue_started = Instant::now();
     {
-        let app = AppDb::open(&pair.alice_home)?;
+        let app = AppDb::open(&pair.alice_home, &pair.alice)?;
         for index in 0..n {
             let at = now_ms();
             app.queue(pair.bob_key(), &text_for("backlog", index, at), at / 1000)?;
@@ -735,7 +737,7 @@ async fn run_async(args: &Args) -> anyhow::Result<serde_json::Value> {
     bob.shutdown().await?;
 
     // What Bob's message database holds, read after his node let go of it.
-    let counts = AppDb::open(&pair.bob_home)?.counts()?;
+    let counts = AppDb::open(&pair.bob_home, &pair.bob)?.counts()?;
     anyhow::ensure!(
         counts.received == args.n + args.paced_n,
         "Bob's message database holds {} received messages, expected {}",
