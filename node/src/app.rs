@@ -35,9 +35,12 @@
 //! ```
 //!
 //! Record format (value of `messages`, keyed by id as 8 big-endian bytes): `version(1) ‖
-//! sealed(direction(1) ‖ status(1) ‖ flags(1) ‖ peer(32) ‖ sent_at(u64 LE) ‖ received_at(u64
-//! LE) ‖ envelope(32) ‖ text (UTF-8, the rest))`, sealed with the id and version as associated
-//! data; `flags` says which of the three optional fields are present (absent ones are zeros).
+//! direction(1) ‖ status(1) ‖ has envelope(1) ‖ envelope(32) ‖ sealed(flags(1) ‖ peer(32) ‖
+//! sent_at(u64 LE) ‖ received_at(u64 LE) ‖ text (UTF-8, the rest))`, sealed with the id,
+//! version and direction as associated data; `flags` says which times are present (absent ones
+//! are zeros). What changes as a message travels (its status and envelope) stays outside the
+//! seal, so following a message costs no cryptography: the status says no more than the
+//! counters beside it, and envelope ids are public on the mesh.
 //! Contact names are indexed by keyed hashes of the name and of the identity, each entry
 //! sealed. Schema 1 kept all of it in the clear; opening such a database seals it, in one
 //! transaction (LMDB does not wipe the pages it frees, so remnants of the clear records can
@@ -68,8 +71,13 @@ const SCHEMA_VERSION: u32 = 2;
 const SCHEMA_CLEAR: u32 = 1;
 const RECORD_VERSION: u8 = 2;
 const RECORD_VERSION_CLEAR: u8 = 1;
-/// direction, status, flags, peer, sent_at, received_at, envelope.
-const RECORD_BODY_LEN: usize = 1 + 1 + 1 + 32 + 8 + 8 + 32;
+/// version, direction, status, has envelope, envelope: what a record keeps outside its seal.
+const RECORD_HEADER_LEN: usize = 1 + 1 + 1 + 1 + 32;
+/// flags, peer, sent_at, received_at: the sealed part before the text.
+const RECORD_SECRET_LEN: usize = 1 + 32 + 8 + 8;
+/// Schema 1's record (everything in the clear): version, direction, status, flags, peer,
+/// sent_at, received_at, envelope, then the text.
+const RECORD_CLEAR_LEN: usize = 1 + 1 + 1 + 1 + 32 + 8 + 8 + 32;
 const FLAG_SENT_AT: u8 = 0x01;
 const FLAG_RECEIVED_AT: u8 = 0x02;
 const FLAG_ENVELOPE: u8 = 0x04;
@@ -340,35 +348,39 @@ impl Keys {
         }
     }
 
-    fn record_aad(id: u64) -> [u8; 9] {
-        let mut aad = [0u8; 9];
+    fn record_aad(id: u64, direction: Direction) -> [u8; 10] {
+        let mut aad = [0u8; 10];
         aad[..8].copy_from_slice(&id.to_be_bytes());
         aad[8] = RECORD_VERSION;
+        aad[9] = direction.to_byte();
         aad
     }
 
     fn seal_record(&self, record: &MessageRecord) -> Vec<u8> {
-        let mut out = vec![RECORD_VERSION];
-        out.extend(
-            self.records
-                .seal(&Self::record_aad(record.id), &encode_record_body(record)),
+        let mut out = Vec::with_capacity(
+            RECORD_HEADER_LEN
+                + crate::at_rest::SEAL_OVERHEAD
+                + RECORD_SECRET_LEN
+                + record.text.len(),
         );
+        out.extend_from_slice(&RecordHeader::of(record).encode());
+        out.extend(self.records.seal(
+            &Self::record_aad(record.id, record.direction),
+            &encode_record_secret(record),
+        ));
         out
     }
 
     fn open_record(&self, id: u64, bytes: &[u8]) -> Result<MessageRecord, AppError> {
-        match bytes.split_first() {
-            Some((&RECORD_VERSION, sealed)) => {
-                let body = self
-                    .records
-                    .open(&Self::record_aad(id), sealed)
-                    .ok_or(AppError::Sealed)?;
-                decode_record_body(id, &body)
-            }
-            _ => Err(AppError::Corrupt {
-                reason: "a message record has an unknown version",
-            }),
-        }
+        let header = RecordHeader::decode(bytes)?;
+        let secret = self
+            .records
+            .open(
+                &Self::record_aad(id, header.direction),
+                &bytes[RECORD_HEADER_LEN..],
+            )
+            .ok_or(AppError::Sealed)?;
+        decode_record_secret(id, header, &secret)
     }
 
     fn name_key(&self, name: &str) -> [u8; 32] {
@@ -646,9 +658,12 @@ impl AppDb {
     }
 
     fn seal_one(&self, wtxn: &mut RwTxn<'_>, id: u64, envelope: ItemId) -> Result<(), TxnError> {
-        let mut record = self
-            .record(wtxn, id)?
-            .ok_or(AppError::UnknownMessage { id })?;
+        let mut stored = self
+            .messages
+            .get(wtxn, &id.to_be_bytes())?
+            .ok_or(AppError::UnknownMessage { id })?
+            .to_vec();
+        let mut record = RecordHeader::decode(&stored)?;
         if record.direction != Direction::Outgoing {
             return Err(AppError::NotQueued { id }.into());
         }
@@ -669,8 +684,8 @@ impl AppDb {
             .into());
         }
         record.envelope = Some(envelope);
-        self.messages
-            .put(wtxn, &id.to_be_bytes(), &self.keys.seal_record(&record))?;
+        stored[..RECORD_HEADER_LEN].copy_from_slice(&record.encode());
+        self.messages.put(wtxn, &id.to_be_bytes(), &stored)?;
         self.by_envelope.put(wtxn, &envelope.0, &id.to_be_bytes())?;
         self.outbox.delete(wtxn, &id.to_be_bytes())?;
         Ok(())
@@ -703,16 +718,21 @@ impl AppDb {
                     continue;
                 };
                 let id = decode_id(id)?;
-                let mut record = self.record(wtxn, id)?.ok_or(AppError::Corrupt {
-                    reason: "the envelope index names a missing message",
-                })?;
+                let mut stored = self
+                    .messages
+                    .get(wtxn, &id.to_be_bytes())?
+                    .ok_or(AppError::Corrupt {
+                        reason: "the envelope index names a missing message",
+                    })?
+                    .to_vec();
+                let mut record = RecordHeader::decode(&stored)?;
                 if record.direction != Direction::Outgoing || record.status >= to {
                     continue;
                 }
                 let from = record.status;
                 record.status = to;
-                self.messages
-                    .put(wtxn, &id.to_be_bytes(), &self.keys.seal_record(&record))?;
+                stored[..RECORD_HEADER_LEN].copy_from_slice(&record.encode());
+                self.messages.put(wtxn, &id.to_be_bytes(), &stored)?;
                 self.add_to_count(wtxn, from, -1)?;
                 self.add_to_count(wtxn, to, 1)?;
             }
@@ -1074,9 +1094,66 @@ fn decode_name_entry(bytes: &[u8]) -> Result<(IdentityPublicKey, &str), AppError
     Ok((decode_peer(peer)?, decode_text(name)?))
 }
 
-/// Everything of a record but its id, before sealing. Wiped after use.
-fn encode_record_body(record: &MessageRecord) -> zeroize::Zeroizing<Vec<u8>> {
-    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(RECORD_BODY_LEN + record.text.len()));
+/// What a record keeps outside its seal: what changes as the message travels.
+#[derive(Clone, Copy)]
+struct RecordHeader {
+    direction: Direction,
+    status: Status,
+    envelope: Option<ItemId>,
+}
+
+impl RecordHeader {
+    fn of(record: &MessageRecord) -> Self {
+        RecordHeader {
+            direction: record.direction,
+            status: record.status,
+            envelope: record.envelope,
+        }
+    }
+
+    fn encode(&self) -> [u8; RECORD_HEADER_LEN] {
+        let mut out = [0u8; RECORD_HEADER_LEN];
+        out[0] = RECORD_VERSION;
+        out[1] = self.direction.to_byte();
+        out[2] = self.status.to_byte();
+        if let Some(envelope) = self.envelope {
+            out[3] = 1;
+            out[4..].copy_from_slice(&envelope.0);
+        }
+        out
+    }
+
+    /// The header of a stored record (which must also hold a sealed part).
+    fn decode(bytes: &[u8]) -> Result<Self, AppError> {
+        let corrupt = |reason| AppError::Corrupt { reason };
+        if bytes.len() < RECORD_HEADER_LEN + crate::at_rest::SEAL_OVERHEAD {
+            return Err(corrupt("a message record is too short"));
+        }
+        if bytes[0] != RECORD_VERSION {
+            return Err(corrupt("a message record has an unknown version"));
+        }
+        let direction =
+            Direction::from_byte(bytes[1]).ok_or(corrupt("a message has an unknown direction"))?;
+        let status =
+            Status::from_byte(bytes[2]).ok_or(corrupt("a message has an unknown status"))?;
+        let envelope = match bytes[3] {
+            0 => None,
+            1 => Some(ItemId(
+                bytes[4..RECORD_HEADER_LEN]
+                    .try_into()
+                    .map_err(|_| corrupt("a message record is too short"))?,
+            )),
+            _ => return Err(corrupt("a message record has a bad envelope flag")),
+        };
+        Ok(RecordHeader {
+            direction,
+            status,
+            envelope,
+        })
+    }
+}
+
+fn time_flags(record: &MessageRecord) -> u8 {
     let mut flags = 0;
     if record.sent_at.is_some() {
         flags |= FLAG_SENT_AT;
@@ -1084,49 +1161,70 @@ fn encode_record_body(record: &MessageRecord) -> zeroize::Zeroizing<Vec<u8>> {
     if record.received_at.is_some() {
         flags |= FLAG_RECEIVED_AT;
     }
-    if record.envelope.is_some() {
-        flags |= FLAG_ENVELOPE;
-    }
-    out.push(record.direction.to_byte());
-    out.push(record.status.to_byte());
-    out.push(flags);
+    flags
+}
+
+/// The sealed part of a record: who and what. Wiped after use.
+fn encode_record_secret(record: &MessageRecord) -> zeroize::Zeroizing<Vec<u8>> {
+    let mut out =
+        zeroize::Zeroizing::new(Vec::with_capacity(RECORD_SECRET_LEN + record.text.len()));
+    out.push(time_flags(record));
     out.extend_from_slice(record.peer.as_bytes());
     out.extend_from_slice(&record.sent_at.unwrap_or(0).to_le_bytes());
     out.extend_from_slice(&record.received_at.unwrap_or(0).to_le_bytes());
-    out.extend_from_slice(&record.envelope.map_or([0; 32], |e| e.0));
     out.extend_from_slice(record.text.as_bytes());
     out
 }
 
-/// A record of schema 1: the version byte, then the body in the clear.
-fn decode_record_clear(id: u64, bytes: &[u8]) -> Result<MessageRecord, AppError> {
-    match bytes.split_first() {
-        Some((&RECORD_VERSION_CLEAR, body)) => decode_record_body(id, body),
-        _ => Err(AppError::Corrupt {
-            reason: "a message record has an unknown version",
-        }),
+fn decode_record_secret(
+    id: u64,
+    header: RecordHeader,
+    bytes: &[u8],
+) -> Result<MessageRecord, AppError> {
+    if bytes.len() < RECORD_SECRET_LEN {
+        return Err(AppError::Corrupt {
+            reason: "a message record is too short",
+        });
     }
+    let (fields, text) = bytes.split_at(RECORD_SECRET_LEN);
+    let flags = fields[0];
+    let sent_at = decode_u64(&fields[33..41], "bad time")?;
+    let received_at = decode_u64(&fields[41..49], "bad time")?;
+    Ok(MessageRecord {
+        id,
+        direction: header.direction,
+        peer: decode_peer(&fields[1..33])?,
+        text: decode_text(text)?.to_owned(),
+        sent_at: (flags & FLAG_SENT_AT != 0).then_some(sent_at),
+        received_at: (flags & FLAG_RECEIVED_AT != 0).then_some(received_at),
+        status: header.status,
+        envelope: header.envelope,
+    })
 }
 
-fn decode_record_body(id: u64, bytes: &[u8]) -> Result<MessageRecord, AppError> {
+/// A record of schema 1, all in the clear (read once, to seal it).
+fn decode_record_clear(id: u64, bytes: &[u8]) -> Result<MessageRecord, AppError> {
     let corrupt = |reason| AppError::Corrupt { reason };
-    if bytes.len() < RECORD_BODY_LEN {
+    if bytes.len() < RECORD_CLEAR_LEN {
         return Err(corrupt("a message record is too short"));
     }
-    let (header, text) = bytes.split_at(RECORD_BODY_LEN);
+    if bytes[0] != RECORD_VERSION_CLEAR {
+        return Err(corrupt("a message record has an unknown version"));
+    }
+    let (header, text) = bytes.split_at(RECORD_CLEAR_LEN);
     let direction =
-        Direction::from_byte(header[0]).ok_or(corrupt("a message has an unknown direction"))?;
-    let status = Status::from_byte(header[1]).ok_or(corrupt("a message has an unknown status"))?;
-    let flags = header[2];
-    let peer = decode_peer(&header[3..35])?;
-    let sent_at = decode_u64(&header[35..43], "bad time")?;
-    let received_at = decode_u64(&header[43..51], "bad time")?;
-    let mut envelope = [0u8; 32];
-    envelope.copy_from_slice(&header[51..83]);
+        Direction::from_byte(header[1]).ok_or(corrupt("a message has an unknown direction"))?;
+    let status = Status::from_byte(header[2]).ok_or(corrupt("a message has an unknown status"))?;
+    let flags = header[3];
+    let sent_at = decode_u64(&header[36..44], "bad time")?;
+    let received_at = decode_u64(&header[44..52], "bad time")?;
+    let envelope: [u8; 32] = header[52..84]
+        .try_into()
+        .map_err(|_| corrupt("a message record is too short"))?;
     Ok(MessageRecord {
         id,
         direction,
-        peer,
+        peer: decode_peer(&header[4..36])?,
         text: decode_text(text)?.to_owned(),
         sent_at: (flags & FLAG_SENT_AT != 0).then_some(sent_at),
         received_at: (flags & FLAG_RECEIVED_AT != 0).then_some(received_at),
@@ -1379,11 +1477,22 @@ mod tests {
             theirs.open_record(7, &bytes),
             Err(AppError::Sealed)
         ));
-        let mut body = encode_record_body(&record);
-        assert_eq!(decode_record_body(7, &body).unwrap(), record);
-        assert!(decode_record_body(7, &body[..RECORD_BODY_LEN - 1]).is_err());
-        body[1] = 9;
-        assert!(decode_record_body(7, &body).is_err());
+        // The clear header: a bad status or envelope flag is refused before any opening.
+        for (at, value) in [(2, 9), (3, 2), (0, 1)] {
+            let mut bad = bytes.clone();
+            bad[at] = value;
+            assert!(matches!(
+                keys.open_record(7, &bad),
+                Err(AppError::Corrupt { .. })
+            ));
+        }
+        // The direction is bound to the seal: flipping it is caught.
+        let mut flipped = bytes.clone();
+        flipped[1] = Direction::Outgoing.to_byte();
+        assert!(matches!(
+            keys.open_record(7, &flipped),
+            Err(AppError::Sealed)
+        ));
     }
 
     #[test]
@@ -1446,8 +1555,11 @@ mod tests {
             // What an earlier version left: clear records and names, schema 1.
             let db = AppDb::open(home.path(), &me()).unwrap();
             db.write(|wtxn| {
-                let mut clear = vec![RECORD_VERSION_CLEAR];
-                clear.extend_from_slice(&encode_record_body(&record));
+                let mut clear = vec![RECORD_VERSION_CLEAR, 0, 0, FLAG_SENT_AT];
+                clear.extend_from_slice(record.peer.as_bytes());
+                clear.extend_from_slice(&5u64.to_le_bytes());
+                clear.extend_from_slice(&[0; 8 + 32]);
+                clear.extend_from_slice(record.text.as_bytes());
                 db.messages.put(wtxn, &1u64.to_be_bytes(), &clear)?;
                 db.meta.put(wtxn, KEY_NEXT_ID, &2u64.to_le_bytes())?;
                 db.outbox.put(wtxn, &1u64.to_be_bytes(), &[])?;

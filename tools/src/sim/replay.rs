@@ -311,13 +311,13 @@ impl<'t> Replay<'t> {
                 let q = self.quality(rule, peer, t);
                 if q > st.mark[&holder] {
                     st.mark.insert(holder, q);
-                    self.give(st, t, peer, 1.0, q)
+                    self.give(st, peer, 1.0, q)
                 } else {
                     Step::Nothing
                 }
             }
             // A node that dropped its copy still counts as holding it here: it refuses it.
-            Rule::Wave { .. } => self.give(st, t, peer, 1.0, t as f64),
+            Rule::Wave { .. } => self.give(st, peer, 1.0, t as f64),
             _ => self.budgeted(m, rule, st, t, holder, peer),
         };
         st.peak = st.peak.max(match rule {
@@ -331,7 +331,7 @@ impl<'t> Replay<'t> {
         step
     }
 
-    fn give(&self, st: &mut Copies, _t: u64, peer: usize, share: f64, mark: f64) -> Step {
+    fn give(&self, st: &mut Copies, peer: usize, share: f64, mark: f64) -> Step {
         st.share.insert(peer, share);
         st.mark.insert(peer, mark);
         st.transfers += 1;
@@ -390,7 +390,7 @@ impl<'t> Replay<'t> {
             };
             let given = share * f64::from(grant) / f64::from(copies);
             st.share.insert(holder, share - given);
-            return self.give(st, t, peer, given, 0.0);
+            return self.give(st, peer, given, 0.0);
         }
         if copies == 0 {
             return Step::Nothing;
@@ -412,7 +412,7 @@ impl<'t> Replay<'t> {
         } else {
             st.share.remove(&holder);
         }
-        self.give(st, t, peer, share, 0.0)
+        self.give(st, peer, share, 0.0)
     }
 
     /// Whether `peer` met `dest` within `window_s` and more recently than `holder` did.
