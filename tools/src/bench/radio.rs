@@ -217,6 +217,7 @@ pub fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let mut all_ok = true;
     let mut within_budget = true;
     let mut by_sf = serde_json::Map::new();
+    let mut meshtastic = serde_json::Value::Null;
     for &sf in &args.sf {
         if !(7..=12).contains(&sf) {
             bail!("--sf {sf}: LoRa spreading factors run from 7 to 12");
@@ -237,6 +238,9 @@ pub fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             csma: !args.no_csma,
         };
         let report = measure(&settings)?;
+        if meshtastic.is_null() {
+            meshtastic = through_meshtastic(&report.steady_state);
+        }
         all_ok &= report.ok;
         within_budget &= report.duty_cycle.within_budget;
         let mut value = serde_json::to_value(&report)?;
@@ -282,6 +286,7 @@ pub fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         }),
     );
     out.insert("target_overhead_bytes".into(), TARGET_OVERHEAD_BYTES.into());
+    out.insert("text_through_meshtastic".into(), meshtastic);
     out.insert(
         "references_measured_elsewhere".into(),
         serde_json::json!({
@@ -294,6 +299,26 @@ pub fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         out.insert(sf, report);
     }
     Ok(serde_json::Value::Object(out))
+}
+
+/// What a stock Meshtastic device adds on air to a text that went out as one frame: the
+/// firmware's 16-byte packet header and the `Data` message wrapping our frame (port, payload,
+/// the bitfield the firmware sets), at LongFast, the default preset. Null when the text took
+/// more than one frame.
+fn through_meshtastic(steady: &SteadyReport) -> serde_json::Value {
+    use cairn_firmware_bridge::meshtastic::{long_fast_eu868, on_air_len};
+    if steady.messages == 0 || steady.frames_per_message != 1.0 {
+        return serde_json::Value::Null;
+    }
+    let frame = steady.bytes_on_air_per_message.round() as usize;
+    let on_air = on_air_len(frame);
+    serde_json::json!({
+        "frame_bytes": frame,
+        "on_air_bytes": on_air,
+        "meshtastic_overhead_bytes": on_air - frame,
+        "airtime_ms_long_fast": airtime_us(&long_fast_eu868(), on_air) as f64 / 1e3,
+        "note": "computed from the firmware's packet layout (as the emulated device builds it), not measured on a device",
+    })
 }
 
 impl DeliveryMode {
