@@ -44,6 +44,11 @@ use crate::kiss::{
     encode, Decoder, Frame, RadioState, RnodeCommand, CMD_DATA, RNODE_CMD_DETECT, RNODE_CMD_ERROR,
     RNODE_CMD_READY, RNODE_DETECT_REQUEST, RNODE_DETECT_RESPONSE,
 };
+use crate::rnode::{
+    RNODE_CMD_BOARD, RNODE_CMD_FW_VERSION, RNODE_CMD_MCU, RNODE_CMD_PLATFORM, RNODE_CMD_RESET,
+    RNODE_ERROR_QUEUE_FULL, RNODE_ERROR_TX_FAILED, RNODE_RESET_BYTE, RNODE_RSSI_OFFSET,
+    RNODE_STAT_PHY, RNODE_STAT_RSSI, RNODE_STAT_RX, RNODE_STAT_SNR, RNODE_STAT_TX,
+};
 use crate::{DeviceSide, LoraParams};
 
 /// RNode command: radio lock state (1 while the radio cannot start for want of settings).
@@ -54,42 +59,12 @@ pub const RNODE_CMD_LEAVE: u8 = 0x0A;
 pub const RNODE_CMD_ST_ALOCK: u8 = 0x0B;
 /// RNode command: long-term airtime limit, u16 big-endian in hundredths of a percent.
 pub const RNODE_CMD_LT_ALOCK: u8 = 0x0C;
-/// RNode statistics command: packets received, u32 big-endian.
-pub const RNODE_CMD_STAT_RX: u8 = 0x21;
-/// RNode statistics command: packets sent, u32 big-endian.
-pub const RNODE_CMD_STAT_TX: u8 = 0x22;
-/// RNode statistics command: RSSI of the last packet, `rssi + 157` as one byte.
-pub const RNODE_CMD_STAT_RSSI: u8 = 0x23;
-/// RNode statistics command: SNR of the last packet, `snr * 4` as a signed byte.
-pub const RNODE_CMD_STAT_SNR: u8 = 0x24;
-/// RNode command: board model.
-pub const RNODE_CMD_BOARD: u8 = 0x47;
-/// RNode command: platform (AVR, ESP32, nRF52).
-pub const RNODE_CMD_PLATFORM: u8 = 0x48;
-/// RNode command: MCU variant.
-pub const RNODE_CMD_MCU: u8 = 0x49;
-/// RNode command: firmware version, answered as two bytes, major and minor.
-pub const RNODE_CMD_FW_VERSION: u8 = 0x50;
-/// RNode command: reset the device (payload [`RNODE_RESET_BYTE`]); also what it reports
-/// after booting.
-pub const RNODE_CMD_RESET: u8 = 0x55;
-/// Payload of [`RNODE_CMD_RESET`].
-pub const RNODE_RESET_BYTE: u8 = 0xF8;
-
-/// RNode error code: the radio could not transmit (it is off, or the frame is unusable).
-pub const RNODE_ERROR_TX_FAILED: u8 = 0x02;
-/// RNode error code: the transmit queue is full.
-pub const RNODE_ERROR_QUEUE_FULL: u8 = 0x04;
-
 /// `platform` byte of an ESP32 RNode (Boards.h `PLATFORM_ESP32`).
 pub const RNODE_PLATFORM_ESP32: u8 = 0x80;
 /// `mcu` byte of an ESP32 RNode (Boards.h `MCU_ESP32`).
 pub const RNODE_MCU_ESP32: u8 = 0x81;
 /// Board byte of a LilyGO T3 v2.1 (Boards.h `BOARD_LORA32_V2_1`), a common RNode.
 pub const RNODE_BOARD_LORA32_V2_1: u8 = 0x37;
-
-/// What RNode adds to an RSSI in dBm to fit it in a byte (Config.h `rssi_offset`).
-pub const RNODE_RSSI_OFFSET: i16 = 157;
 
 /// RSSI as RNode reports it: `rssi + 157`, saturated into a byte (-157 to +98 dBm).
 #[must_use]
@@ -118,9 +93,6 @@ pub fn snr_to_byte(snr_db: f32) -> u8 {
 pub fn snr_from_byte(byte: u8) -> f32 {
     f32::from(i8::from_le_bytes([byte])) * 0.25
 }
-
-/// RNode statistics command: PHY timing, six u16 big-endian values ([`RnodePhy`]).
-pub const RNODE_CMD_STAT_PHYPRM: u8 = 0x26;
 
 /// The PHY timing a current RNode firmware derives from its radio settings, and reports to
 /// the host (`0x26`) whenever they change while the radio is on (Utilities.h
@@ -468,7 +440,7 @@ impl RnodeDevice {
     /// timing arrives while it runs.
     fn report_phy(&mut self) {
         let bytes = self.phy().to_bytes();
-        self.reply_raw(RNODE_CMD_STAT_PHYPRM, bytes);
+        self.reply_raw(RNODE_STAT_PHY, bytes);
     }
 
     fn report_phy_if_on(&mut self) {
@@ -488,11 +460,11 @@ impl RnodeDevice {
 
     fn handle_statistics(&mut self, command: u8) {
         match command {
-            RNODE_CMD_STAT_RX => {
+            RNODE_STAT_RX => {
                 self.reply_raw(command, self.packets_received.to_be_bytes().to_vec());
             }
-            RNODE_CMD_STAT_TX => self.reply_raw(command, self.packets_sent.to_be_bytes().to_vec()),
-            RNODE_CMD_STAT_RSSI => self.reply_raw(command, vec![self.last_rssi]),
+            RNODE_STAT_TX => self.reply_raw(command, self.packets_sent.to_be_bytes().to_vec()),
+            RNODE_STAT_RSSI => self.reply_raw(command, vec![self.last_rssi]),
             _ => {}
         }
     }
@@ -570,8 +542,8 @@ impl DeviceSide for RnodeDevice {
         self.packets_received = self.packets_received.wrapping_add(1);
         self.last_rssi = rssi_to_byte(rssi_dbm);
         self.last_snr = snr_to_byte(snr_db);
-        self.reply_raw(RNODE_CMD_STAT_RSSI, vec![self.last_rssi]);
-        self.reply_raw(RNODE_CMD_STAT_SNR, vec![self.last_snr]);
+        self.reply_raw(RNODE_STAT_RSSI, vec![self.last_rssi]);
+        self.reply_raw(RNODE_STAT_SNR, vec![self.last_snr]);
         self.reply(&RnodeCommand::Data(frame.to_vec()));
     }
 
@@ -757,7 +729,7 @@ mod tests {
             // Symbol 1024 µs, 976 symbols/s, preamble 24 symbols = 25 ms, slot 24 ms,
             // DIFS 48 ms.
             Frame::new(
-                RNODE_CMD_STAT_PHYPRM,
+                RNODE_STAT_PHY,
                 vec![0x04, 0x00, 0x03, 0xD0, 0, 24, 0, 25, 0, 24, 0, 48],
             ),
             RnodeCommand::RadioState(RadioState::On).to_frame(),
@@ -915,13 +887,13 @@ mod tests {
         send(
             &mut device,
             &[RnodeCommand::Statistics {
-                command: RNODE_CMD_STAT_RX,
+                command: RNODE_STAT_RX,
                 value: vec![],
             }],
         );
         assert_eq!(
             answers(&mut device),
-            vec![Frame::new(RNODE_CMD_STAT_RX, vec![0, 0, 0, 1])]
+            vec![Frame::new(RNODE_STAT_RX, vec![0, 0, 0, 1])]
         );
     }
 
@@ -978,10 +950,7 @@ mod tests {
         assert_eq!(
             answers(&mut device),
             vec![
-                Frame::new(
-                    RNODE_CMD_STAT_PHYPRM,
-                    RnodePhy::new(125_000, 12, 5).to_bytes()
-                ),
+                Frame::new(RNODE_STAT_PHY, RnodePhy::new(125_000, 12, 5).to_bytes()),
                 RnodeCommand::SpreadingFactor(12).to_frame(),
             ]
         );
