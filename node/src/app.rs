@@ -257,6 +257,8 @@ pub enum AppError {
          identity, or it is damaged"
     )]
     Sealed,
+    #[error("the message database was opened without the identity")]
+    Locked,
     #[error("the message is empty")]
     EmptyText,
     #[error("the message is {len} bytes long; the most is {MAX_TEXT_BYTES} bytes")]
@@ -326,7 +328,8 @@ pub struct AppDb {
     /// LMDB allows a resize only while the process has no transaction open.
     resize_lock: RwLock<()>,
     path: PathBuf,
-    keys: Keys,
+    /// `None` when opened without the identity ([`AppDb::open_counts_only`]).
+    keys: Option<Keys>,
 }
 
 /// The keys that seal what the database holds.
@@ -393,7 +396,6 @@ impl Keys {
 
     /// `sealed(identity ‖ name)`, bound to the index key it is stored under.
     fn seal_entry(
-        &self,
         key: &SealKey,
         index: &[u8; 32],
         peer: &IdentityPublicKey,
@@ -405,8 +407,23 @@ impl Keys {
         key.seal(index, &entry)
     }
 
-    fn open_entry(
+    fn open_by_name(
         &self,
+        index: &[u8],
+        sealed: &[u8],
+    ) -> Result<(IdentityPublicKey, String), AppError> {
+        Self::open_entry(&self.names, index, sealed)
+    }
+
+    fn open_by_peer(
+        &self,
+        index: &[u8],
+        sealed: &[u8],
+    ) -> Result<(IdentityPublicKey, String), AppError> {
+        Self::open_entry(&self.peers, index, sealed)
+    }
+
+    fn open_entry(
         key: &SealKey,
         index: &[u8],
         sealed: &[u8],
@@ -428,12 +445,23 @@ impl std::fmt::Debug for AppDb {
 impl AppDb {
     /// Opens (creating if needed) the database of `identity` in `home/app/`.
     pub fn open(home: &Path, identity: &Identity) -> Result<Self, AppError> {
-        Self::open_with_map_size(home, identity, INITIAL_MAP_BYTES)
+        Self::open_with_map_size(home, Some(identity), INITIAL_MAP_BYTES)
+    }
+
+    /// Opens the database without the identity: only [`AppDb::counts`] works (the counts are
+    /// not sealed), everything else fails with [`AppError::Locked`]. For `cairn status`,
+    /// which should not need the passphrase.
+    pub fn open_counts_only(home: &Path) -> Result<Self, AppError> {
+        Self::open_with_map_size(home, None, INITIAL_MAP_BYTES)
+    }
+
+    fn keys(&self) -> Result<&Keys, AppError> {
+        self.keys.as_ref().ok_or(AppError::Locked)
     }
 
     fn open_with_map_size(
         home: &Path,
-        identity: &Identity,
+        identity: Option<&Identity>,
         initial_map_bytes: usize,
     ) -> Result<Self, AppError> {
         let path = home.join(APP_DIR_NAME);
@@ -488,7 +516,7 @@ impl AppDb {
             meta,
             resize_lock: RwLock::new(()),
             path,
-            keys: Keys::of(identity),
+            keys: identity.map(Keys::of),
         };
         db.write(|wtxn| {
             match db.meta.get(wtxn, KEY_SCHEMA)? {
@@ -504,7 +532,8 @@ impl AppDb {
                     if version > SCHEMA_VERSION {
                         return Err(AppError::NewerSchema { version }.into());
                     }
-                    if version == SCHEMA_CLEAR {
+                    // Sealed at the first open that has the keys.
+                    if version == SCHEMA_CLEAR && db.keys.is_some() {
                         db.seal_schema_1(wtxn)?;
                     }
                 }
@@ -526,7 +555,7 @@ impl AppDb {
             self.messages.put(
                 wtxn,
                 &record.id.to_be_bytes(),
-                &self.keys.seal_record(record),
+                &self.keys()?.seal_record(record),
             )?;
         }
         let mut names = Vec::new();
@@ -551,14 +580,11 @@ impl AppDb {
         peer: &IdentityPublicKey,
         name: &str,
     ) -> Result<(), TxnError> {
-        let name_key = self.keys.name_key(name);
-        let peer_key = self.keys.peer_key(peer);
-        let by_name = self
-            .keys
-            .seal_entry(&self.keys.names, &name_key, peer, name);
-        let by_peer = self
-            .keys
-            .seal_entry(&self.keys.peers, &peer_key, peer, name);
+        let keys = self.keys()?;
+        let name_key = keys.name_key(name);
+        let peer_key = keys.peer_key(peer);
+        let by_name = Keys::seal_entry(&keys.names, &name_key, peer, name);
+        let by_peer = Keys::seal_entry(&keys.peers, &peer_key, peer, name);
         self.names.put(wtxn, &name_key, &by_name)?;
         self.peer_names.put(wtxn, &peer_key, &by_peer)?;
         Ok(())
@@ -570,11 +596,11 @@ impl AppDb {
         txn: &RoTxn<'_>,
         peer: &IdentityPublicKey,
     ) -> Result<Option<String>, TxnError> {
-        let peer_key = self.keys.peer_key(peer);
+        let peer_key = self.keys()?.peer_key(peer);
         match self.peer_names.get(txn, &peer_key)? {
             None => Ok(None),
             Some(sealed) => {
-                let (owner, name) = self.keys.open_entry(&self.keys.peers, &peer_key, sealed)?;
+                let (owner, name) = self.keys()?.open_by_peer(&peer_key, sealed)?;
                 if owner != *peer {
                     return Err(AppError::Corrupt {
                         reason: "a name entry is filed under another identity",
@@ -610,7 +636,7 @@ impl AppDb {
                 envelope: None,
             };
             self.messages
-                .put(wtxn, &id.to_be_bytes(), &self.keys.seal_record(&record))?;
+                .put(wtxn, &id.to_be_bytes(), &self.keys()?.seal_record(&record))?;
             self.outbox.put(wtxn, &id.to_be_bytes(), &[])?;
             self.add_to_count(wtxn, Status::Queued, 1)?;
             Ok(id)
@@ -787,7 +813,7 @@ impl AppDb {
                     envelope: Some(message.envelope),
                 };
                 self.messages
-                    .put(wtxn, &id.to_be_bytes(), &self.keys.seal_record(&record))?;
+                    .put(wtxn, &id.to_be_bytes(), &self.keys()?.seal_record(&record))?;
                 self.by_envelope
                     .put(wtxn, &message.envelope.0, &id.to_be_bytes())?;
                 self.add_to_count(wtxn, Status::Received, 1)?;
@@ -811,7 +837,7 @@ impl AppDb {
             let mut out = Vec::new();
             for entry in self.messages.iter(rtxn)? {
                 let (key, value) = entry?;
-                let record = self.keys.open_record(decode_id(key)?, value)?;
+                let record = self.keys()?.open_record(decode_id(key)?, value)?;
                 if with.is_none_or(|peer| record.peer == *peer) {
                     out.push(record);
                 }
@@ -845,9 +871,9 @@ impl AppDb {
             },
         })?;
         self.write(|wtxn| {
-            let key = self.keys.name_key(name);
+            let key = self.keys()?.name_key(name);
             if let Some(sealed) = self.names.get(wtxn, &key)? {
-                let (owner, _) = self.keys.open_entry(&self.keys.names, &key, sealed)?;
+                let (owner, _) = self.keys()?.open_by_name(&key, sealed)?;
                 if owner != peer {
                     return Err(AppError::NameTaken {
                         name: name.to_owned(),
@@ -856,7 +882,7 @@ impl AppDb {
                 }
             }
             if let Some(old) = self.stored_name(wtxn, &peer)? {
-                self.names.delete(wtxn, &self.keys.name_key(&old))?;
+                self.names.delete(wtxn, &self.keys()?.name_key(&old))?;
             }
             self.put_name(wtxn, &peer, name)
         })
@@ -869,12 +895,10 @@ impl AppDb {
 
     /// The contact with local name `name` (ignoring case).
     pub fn contact_by_name(&self, name: &str) -> Result<Option<IdentityPublicKey>, AppError> {
-        let key = self.keys.name_key(name);
+        let key = self.keys()?.name_key(name);
         self.read(|rtxn| match self.names.get(rtxn, &key)? {
             None => Ok(None),
-            Some(sealed) => Ok(Some(
-                self.keys.open_entry(&self.keys.names, &key, sealed)?.0,
-            )),
+            Some(sealed) => Ok(Some(self.keys()?.open_by_name(&key, sealed)?.0)),
         })
     }
 
@@ -884,7 +908,7 @@ impl AppDb {
             let mut out = Vec::new();
             for entry in self.peer_names.iter(rtxn)? {
                 let (key, sealed) = entry?;
-                out.push(self.keys.open_entry(&self.keys.peers, key, sealed)?);
+                out.push(self.keys()?.open_by_peer(key, sealed)?);
             }
             out.sort();
             Ok(out)
@@ -895,8 +919,8 @@ impl AppDb {
     pub fn remove_contact_name(&self, peer: &IdentityPublicKey) -> Result<(), AppError> {
         self.write(|wtxn| {
             if let Some(old) = self.stored_name(wtxn, peer)? {
-                self.names.delete(wtxn, &self.keys.name_key(&old))?;
-                self.peer_names.delete(wtxn, &self.keys.peer_key(peer))?;
+                self.names.delete(wtxn, &self.keys()?.name_key(&old))?;
+                self.peer_names.delete(wtxn, &self.keys()?.peer_key(peer))?;
             }
             Ok(())
         })
@@ -905,7 +929,7 @@ impl AppDb {
     fn record(&self, txn: &RoTxn<'_>, id: u64) -> Result<Option<MessageRecord>, TxnError> {
         match self.messages.get(txn, &id.to_be_bytes())? {
             None => Ok(None),
-            Some(value) => Ok(Some(self.keys.open_record(id, value)?)),
+            Some(value) => Ok(Some(self.keys()?.open_record(id, value)?)),
         }
     }
 
@@ -1416,7 +1440,7 @@ mod tests {
     #[test]
     fn the_map_grows_when_full() {
         let home = tempfile::tempdir().unwrap();
-        let db = AppDb::open_with_map_size(home.path(), &me(), 64 * 1024).unwrap();
+        let db = AppDb::open_with_map_size(home.path(), Some(&me()), 64 * 1024).unwrap();
         let text = "y".repeat(MAX_TEXT_BYTES);
         for i in 0..200 {
             db.queue(peer(1), &text, i).unwrap();
@@ -1536,6 +1560,17 @@ mod tests {
         assert_eq!(all.len(), 2);
         assert_eq!(all[0].status, Status::Delivered);
         assert_eq!(db.contact_by_name("bobbington").unwrap(), Some(peer(1)));
+        drop(db);
+        // Without the identity: the counts, and nothing else.
+        let locked = AppDb::open_counts_only(home.path()).unwrap();
+        assert_eq!(locked.counts().unwrap().delivered, 1);
+        assert_eq!(locked.counts().unwrap().received, 1);
+        assert!(matches!(locked.messages(None), Err(AppError::Locked)));
+        assert!(matches!(locked.contact_names(), Err(AppError::Locked)));
+        assert!(matches!(
+            locked.queue(peer(1), "no", 1),
+            Err(AppError::Locked)
+        ));
     }
 
     #[test]

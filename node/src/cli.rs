@@ -21,7 +21,8 @@ use cairn_node::contact::{
 use cairn_node::daemon::RunArgs;
 use cairn_node::home::{Config, Home};
 use cairn_node::identity::{
-    safety_code, Identity, IdentityError, IdentityPublicKey, KdfParams, Protection,
+    safety_code, Identity, IdentityError, IdentityFileInfo, IdentityPublicKey, KdfParams,
+    Protection,
 };
 use cairn_node::seal::{period_of, PairKeys};
 
@@ -765,8 +766,13 @@ fn human_message(record: &MessageRecord, from: &str, to: &str) -> String {
 }
 
 fn status(home: &Home, args: &StatusArgs, out: &mut impl Write) -> Result<()> {
-    let identity = load_identity(home)?;
-    let db = AppDb::open(home.path(), &identity)?;
+    // Counts are not sealed: `status` works without the passphrase.
+    match IdentityFileInfo::read(home.path()) {
+        Ok(_) => {}
+        Err(IdentityError::NotFound { .. }) => return Err(not_initialised(home)),
+        Err(e) => return Err(e.into()),
+    }
+    let db = AppDb::open_counts_only(home.path())?;
     let counts = db.counts()?;
     let now = now_secs()?;
     let live = home.live_status(now)?;
