@@ -77,8 +77,10 @@ pub enum Command {
     #[command(long_about = "Pair with someone in person.\n\n\
         Prints your pairing code (first line of output), then reads theirs from standard \
         input: each of you types (or scans) the other's code. The two devices then talk over \
-        the LAN (yours listens on --listen; the one whose code sorts first dials the other) \
-        and check that the keys they exchange match the codes, so a tampered code is \
+        the LAN (yours listens on --listen; the one whose code sorts first dials the other), \
+        or with --serial and --radio over a radio or cable (no network needed: the frames \
+        carry a session only your two codes name, and are resent until the other side has \
+        them), and check that the keys they exchange match the codes, so a tampered code is \
         detected. The contact is stored as verified in person, under NAME.")]
     Pair(PairArgs),
     /// Queue a message to a contact; prints its id
@@ -157,6 +159,18 @@ pub struct PairArgs {
     /// Where to listen for the other device (its code tells it where)
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:0")]
     pub listen: SocketAddr,
+    /// Pair over the radio (or cable) on this serial port instead of the network, e.g.
+    /// /dev/ttyUSB0:115200; needs --radio
+    #[arg(long, value_name = "PATH[:BAUD]", value_parser = parse_serial, requires = "radio")]
+    pub serial: Option<String>,
+    /// What speaks on the --serial port: raw, kiss, rnode or meshtastic
+    #[arg(long, value_name = "KIND", requires = "serial")]
+    pub radio: Option<RadioKind>,
+    #[command(flatten)]
+    pub lora: LoraArgs,
+    /// With --serial: how long to wait for the other device, in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub wait: u64,
 }
 
 #[derive(Args, Debug)]
@@ -472,13 +486,16 @@ fn id(home: &Home, args: &IdArgs, out: &mut impl Write) -> Result<()> {
 /// How long pairing waits for the other device.
 const PAIRING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
-fn pair(home: &Home, args: &PairArgs, out: &mut impl Write) -> Result<()> {
+/// The pairing over TCP: our code names where we listen; the lower commitment dials.
+fn pair_by_tcp(
+    identity: &Identity,
+    config: &Config,
+    args: &PairArgs,
+    out: &mut impl Write,
+) -> Result<cairn_node::contact::PairedContact> {
     use cairn_node::contact::{Pairing, ReachabilityHint};
     use std::net::{TcpListener, TcpStream};
 
-    DisplayName::new(&args.name).context("contact name refused")?;
-    let identity = load_identity(home)?;
-    let config = home.load_config()?;
     let listener = TcpListener::bind(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let mut local = listener.local_addr()?;
@@ -493,7 +510,7 @@ fn pair(home: &Home, args: &PairArgs, out: &mut impl Write) -> Result<()> {
     }
     let hint = ReachabilityHint::new(&local.to_string())?;
     let mut pairing = Pairing::start(
-        &identity,
+        identity,
         DisplayName::new(&config.display_name)?,
         vec![hint],
         &mut rand_core_06::OsRng,
@@ -544,6 +561,60 @@ fn pair(home: &Home, args: &PairArgs, out: &mut impl Write) -> Result<()> {
     };
     // Let the peer read our last confirmation before the connection closes.
     let _ = stream.flush();
+    Ok(paired)
+}
+
+/// The pairing over a radio (or a cable): no address in the code; the frames carry a session
+/// both codes name.
+fn pair_by_radio(
+    identity: &Identity,
+    config: &Config,
+    args: &PairArgs,
+    port: &str,
+    kind: RadioKind,
+    out: &mut impl Write,
+) -> Result<cairn_node::contact::PairedContact> {
+    use cairn_node::contact::Pairing;
+    use cairn_node::pair_link::PairLink;
+
+    let mut pairing = Pairing::start(
+        identity,
+        DisplayName::new(&config.display_name)?,
+        Vec::new(),
+        &mut rand_core_06::OsRng,
+    )?;
+    writeln!(out, "{}", pairing.code().encode())?;
+    writeln!(out, "type or paste the other device's pairing code:")?;
+    out.flush()?;
+    let mut line = String::new();
+    io::stdin().read_line(&mut line)?;
+    let theirs = ContactCode::decode(line.trim())?;
+    let (Some(ours), Some(their_commitment)) = (pairing.code().commitment(), theirs.commitment())
+    else {
+        bail!("that is a contact code, not a pairing code: ask for the code `cairn pair` shows");
+    };
+    let session = PairLink::session_of(ours.as_bytes(), their_commitment.as_bytes());
+    pairing.handle_scanned_code(theirs)?;
+    writeln!(out, "pairing over {port}...")?;
+    out.flush()?;
+    cairn_node::daemon::pair_over_radio(
+        port,
+        kind,
+        args.lora.params(),
+        &mut pairing,
+        session,
+        std::time::Duration::from_secs(args.wait),
+    )
+}
+
+fn pair(home: &Home, args: &PairArgs, out: &mut impl Write) -> Result<()> {
+    DisplayName::new(&args.name).context("contact name refused")?;
+    let identity = load_identity(home)?;
+    let config = home.load_config()?;
+    let paired = match (&args.serial, args.radio) {
+        (Some(port), Some(kind)) => pair_by_radio(&identity, &config, args, port, kind, out)?,
+        _ => pair_by_tcp(&identity, &config, args, out)?,
+    };
     let peer = paired.contact.identity();
     let db = AppDb::open(home.path(), &identity)?;
     let mut book = ContactBook::open(home.path(), &identity)?;

@@ -10,4 +10,5 @@ pub mod daemon;
 pub mod direct;
 pub mod home;
 pub mod identity;
+pub mod pair_link;
 pub mod seal;

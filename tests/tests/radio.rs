@@ -376,3 +376,68 @@ fn radio_info_on_a_port_where_nothing_answers_fails_with_one_clear_line() {
     );
     assert!(lines[0].contains(&port), "the error names the port: {err}");
 }
+
+/// `cairn pair NAME --serial PORT --radio rnode`, started; returns the child and the pairing
+/// code it printed first.
+fn start_pairing(node: &Node, name: &str, port: &Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let port = port.display().to_string();
+    let mut child = node
+        .command()
+        .args([
+            "pair", name, "--serial", &port, "--radio", "rnode", "--wait", "60",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let code = lines.next().unwrap().unwrap();
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, code)
+}
+
+/// Two people with radios and no network pair in person: each types the other's pairing
+/// code, the pairing runs over the air (sharing the channel, losing and resending frames as
+/// need be), both record the other as verified in person with keys of their own, and a
+/// message then goes over the radio sealed with them.
+#[test]
+fn two_people_pair_over_their_radios_and_then_message() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = Node::init(dir.path(), "alice", NETWORK);
+    let bob = Node::init(dir.path(), "bob", NETWORK);
+    let radios = VirtualRadios::start(dir.path(), &VradioConfig::new(2, "rnode"));
+    let deadline = Deadline::after(SCENARIO_LIMIT);
+    let (mut at_alice, alice_code) = start_pairing(&alice, "bob", radios.port(0));
+    let (mut at_bob, bob_code) = start_pairing(&bob, "alice", radios.port(1));
+    assert!(alice_code.starts_with("cairn1:"), "{alice_code}");
+    writeln!(at_alice.stdin.take().unwrap(), "{bob_code}").unwrap();
+    writeln!(at_bob.stdin.take().unwrap(), "{alice_code}").unwrap();
+    for (who, child) in [("alice", &mut at_alice), ("bob", &mut at_bob)] {
+        let status =
+            cairn_tests::harness::wait_child(child, &format!("{who}'s pairing"), deadline.left());
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert!(status.success(), "{who}'s pairing failed: {stderr}");
+    }
+    for (node, other) in [(&alice, "bob"), (&bob, "alice")] {
+        let list = node.cli(&["contacts", "list", "--json"]);
+        let contact: serde_json::Value =
+            serde_json::from_str(list.lines().next().unwrap()).unwrap();
+        assert_eq!(contact["name"], other);
+        assert_eq!(contact["verification"], "verified-in-person", "{list}");
+    }
+
+    const TEXT: &str = "paired on the ridge, no network needed";
+    alice.send("bob", TEXT);
+    let alice_run = run_on(&alice, radios.port(0), "rnode");
+    let bob_run = run_on(&bob, radios.port(1), "rnode");
+    wait_count(&alice, "delivered", 1, deadline);
+    bob.assert_received_exactly_once("alice", &[TEXT.to_owned()]);
+    stop(&alice, alice_run);
+    stop(&bob, bob_run);
+    radios.stop();
+}

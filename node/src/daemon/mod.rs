@@ -111,6 +111,28 @@ pub fn radio_info(
     runtime.block_on(radio::probe(port, kind, lora, wait))
 }
 
+/// Runs an in-person pairing over the radio or cable on `port` (see
+/// [`crate::pair_link`]), with the other device's code already scanned into `pairing`.
+///
+/// # Errors
+///
+/// The port cannot be opened, the device does not answer, the pairing fails (a wrong or
+/// substituted code), or the other device does not answer within `wait`.
+pub fn pair_over_radio(
+    port: &str,
+    kind: RadioKind,
+    lora: LoraParams,
+    pairing: &mut crate::contact::Pairing,
+    session: [u8; 8],
+    wait: std::time::Duration,
+) -> anyhow::Result<crate::contact::PairedContact> {
+    let port = port.parse().map_err(|e| anyhow::anyhow!("{port}: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(radio::pair(port, kind, lora, pairing, session, wait))
+}
+
 /// Runs the node until SIGINT or SIGTERM.
 pub fn run(home: &std::path::Path, args: RunArgs) -> anyhow::Result<()> {
     if args.ble {

@@ -573,3 +573,106 @@ pub(super) async fn probe(
     serial.shutdown().await;
     result
 }
+
+/// Runs an in-person pairing over the radio (or cable) on `port`: the firmware handshake, then
+/// the pairing's messages over [`crate::pair_link::PairLink`] until both sides have them all.
+/// `session` names this pairing on a shared channel. Gives up after `wait`.
+pub(super) async fn pair(
+    port: SerialConfig,
+    kind: RadioKind,
+    lora: LoraParams,
+    pairing: &mut crate::contact::Pairing,
+    session: [u8; 8],
+    wait: Duration,
+) -> anyhow::Result<crate::contact::PairedContact> {
+    use crate::pair_link::{PairLink, FRAME_HEADER_LEN, MAX_MESSAGE_LEN};
+    let path = port.path.display().to_string();
+    let (serial, mut events) = SerialLink::open(port)?;
+    let mut firmware = firmware_for(kind, lora);
+    // Resend after three times a frame's airtime and a second more: a pairing frame's echo
+    // and its answer fit in that even at SF12. Cables need little.
+    let retry_ms = match firmware.medium() {
+        Medium::Cable => 500,
+        Medium::Radio(params) => {
+            let params = params.unwrap_or(cairn_firmware_bridge::meshtastic::long_fast_eu868());
+            let frame = FRAME_HEADER_LEN + MAX_MESSAGE_LEN;
+            3 * cairn_firmware_bridge::lora::airtime_us(&params, frame) / 1000 + 1000
+        }
+    };
+    let mut link = PairLink::new(session, retry_ms, OsRng.next_u64());
+    let give_up = tokio::time::Instant::now() + wait;
+    let mut ready = false;
+    let mut paired = None;
+    // Once paired, answer resends a while longer: our last acknowledgement may be lost.
+    let mut linger_until = None;
+    let result = loop {
+        while let Some(message) = pairing.poll_transmit() {
+            link.send(message);
+        }
+        if paired.is_none() {
+            paired = pairing.take_paired();
+            if paired.is_some() {
+                linger_until = Some(now_ms() + 2 * retry_ms);
+            }
+        }
+        if ready {
+            while let Some(frame) = link.poll_frame(now_ms()) {
+                // A frame the device cannot take now is resent like a lost one.
+                if firmware.send_frame(&frame).is_err() {
+                    break;
+                }
+            }
+        }
+        while let Some(bytes) = firmware.poll_serial() {
+            serial.write(bytes).await?;
+        }
+        if let (Some(until), Some(_)) = (linger_until, &paired) {
+            if link.all_acknowledged() || now_ms() >= until {
+                break paired.take().ok_or_else(|| anyhow::anyhow!("pairing lost"));
+            }
+        }
+        let mut failed = None;
+        while let Some(event) = firmware.poll_event() {
+            match event {
+                BridgeEvent::Ready(_) => ready = true,
+                BridgeEvent::Received { frame, .. } => {
+                    if let Ok(Some(message)) = link.handle_frame(&frame) {
+                        if let Err(error) = pairing.handle_message(&message) {
+                            failed = Some(error);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(error) = failed {
+            break Err(error.into());
+        }
+        let deadline = [firmware.poll_timeout(), link.poll_timeout(), linger_until]
+            .into_iter()
+            .flatten()
+            .min();
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(SerialEvent::Opened) => firmware.reset(now_ms()),
+                Some(SerialEvent::Bytes(bytes)) => firmware.handle_serial(now_ms(), &bytes),
+                Some(SerialEvent::Closed(_)) => ready = false,
+                None => break Err(anyhow::anyhow!("the serial port driver stopped")),
+            },
+            _ = sleep_until(deadline, None) => {
+                if let Err(error) = firmware.handle_timeout(now_ms()) {
+                    break Err(anyhow::anyhow!("{path}: {error}"));
+                }
+            }
+            _ = tokio::time::sleep_until(give_up) => {
+                break Err(if ready {
+                    anyhow::anyhow!("the other device did not answer over the radio within {wait:?}: is it pairing with you, on the same channel?")
+                } else {
+                    anyhow::anyhow!("{path}: the radio did not get ready within {wait:?} (wrong --radio or baud rate?)")
+                });
+            }
+        }
+    };
+    serial.shutdown().await;
+    result
+}
