@@ -486,6 +486,27 @@ fn id(home: &Home, args: &IdArgs, out: &mut impl Write) -> Result<()> {
 /// How long pairing waits for the other device.
 const PAIRING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// Starts a pairing, shows our pairing code (first line of output) and reads theirs.
+fn exchange_codes(
+    identity: &Identity,
+    config: &Config,
+    hints: Vec<cairn_node::contact::ReachabilityHint>,
+    out: &mut impl Write,
+) -> Result<(cairn_node::contact::Pairing, ContactCode)> {
+    let pairing = cairn_node::contact::Pairing::start(
+        identity,
+        DisplayName::new(&config.display_name)?,
+        hints,
+        &mut rand_core_06::OsRng,
+    )?;
+    writeln!(out, "{}", pairing.code().encode())?;
+    writeln!(out, "type or paste the other device's pairing code:")?;
+    out.flush()?;
+    let mut line = String::new();
+    io::stdin().read_line(&mut line)?;
+    Ok((pairing, ContactCode::decode(line.trim())?))
+}
+
 /// The pairing over TCP: our code names where we listen; the lower commitment dials.
 fn pair_by_tcp(
     identity: &Identity,
@@ -493,7 +514,7 @@ fn pair_by_tcp(
     args: &PairArgs,
     out: &mut impl Write,
 ) -> Result<cairn_node::contact::PairedContact> {
-    use cairn_node::contact::{Pairing, ReachabilityHint};
+    use cairn_node::contact::ReachabilityHint;
     use std::net::{TcpListener, TcpStream};
 
     let listener = TcpListener::bind(args.listen)
@@ -509,18 +530,7 @@ fn pair_by_tcp(
         }
     }
     let hint = ReachabilityHint::new(&local.to_string())?;
-    let mut pairing = Pairing::start(
-        identity,
-        DisplayName::new(&config.display_name)?,
-        vec![hint],
-        &mut rand_core_06::OsRng,
-    )?;
-    writeln!(out, "{}", pairing.code().encode())?;
-    writeln!(out, "type or paste the other device's pairing code:")?;
-    out.flush()?;
-    let mut line = String::new();
-    io::stdin().read_line(&mut line)?;
-    let theirs = ContactCode::decode(line.trim())?;
+    let (mut pairing, theirs) = exchange_codes(identity, config, vec![hint], out)?;
     let peer_addr: SocketAddr = theirs
         .hints()
         .first()
@@ -574,21 +584,9 @@ fn pair_by_radio(
     kind: RadioKind,
     out: &mut impl Write,
 ) -> Result<cairn_node::contact::PairedContact> {
-    use cairn_node::contact::Pairing;
     use cairn_node::pair_link::PairLink;
 
-    let mut pairing = Pairing::start(
-        identity,
-        DisplayName::new(&config.display_name)?,
-        Vec::new(),
-        &mut rand_core_06::OsRng,
-    )?;
-    writeln!(out, "{}", pairing.code().encode())?;
-    writeln!(out, "type or paste the other device's pairing code:")?;
-    out.flush()?;
-    let mut line = String::new();
-    io::stdin().read_line(&mut line)?;
-    let theirs = ContactCode::decode(line.trim())?;
+    let (mut pairing, theirs) = exchange_codes(identity, config, Vec::new(), out)?;
     let (Some(ours), Some(their_commitment)) = (pairing.code().commitment(), theirs.commitment())
     else {
         bail!("that is a contact code, not a pairing code: ask for the code `cairn pair` shows");
