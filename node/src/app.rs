@@ -684,12 +684,9 @@ impl AppDb {
     }
 
     fn seal_one(&self, wtxn: &mut RwTxn<'_>, id: u64, envelope: ItemId) -> Result<(), TxnError> {
-        let mut stored = self
-            .messages
-            .get(wtxn, &id.to_be_bytes())?
-            .ok_or(AppError::UnknownMessage { id })?
-            .to_vec();
-        let mut record = RecordHeader::decode(&stored)?;
+        let (stored, mut record) = self
+            .stored_header(wtxn, id)?
+            .ok_or(AppError::UnknownMessage { id })?;
         if record.direction != Direction::Outgoing {
             return Err(AppError::NotQueued { id }.into());
         }
@@ -710,8 +707,7 @@ impl AppDb {
             .into());
         }
         record.envelope = Some(envelope);
-        stored[..RECORD_HEADER_LEN].copy_from_slice(&record.encode());
-        self.messages.put(wtxn, &id.to_be_bytes(), &stored)?;
+        self.put_header(wtxn, id, stored, record)?;
         self.by_envelope.put(wtxn, &envelope.0, &id.to_be_bytes())?;
         self.outbox.delete(wtxn, &id.to_be_bytes())?;
         Ok(())
@@ -744,21 +740,16 @@ impl AppDb {
                     continue;
                 };
                 let id = decode_id(id)?;
-                let mut stored = self
-                    .messages
-                    .get(wtxn, &id.to_be_bytes())?
-                    .ok_or(AppError::Corrupt {
+                let (stored, mut record) =
+                    self.stored_header(wtxn, id)?.ok_or(AppError::Corrupt {
                         reason: "the envelope index names a missing message",
-                    })?
-                    .to_vec();
-                let mut record = RecordHeader::decode(&stored)?;
+                    })?;
                 if record.direction != Direction::Outgoing || record.status >= to {
                     continue;
                 }
                 let from = record.status;
                 record.status = to;
-                stored[..RECORD_HEADER_LEN].copy_from_slice(&record.encode());
-                self.messages.put(wtxn, &id.to_be_bytes(), &stored)?;
+                self.put_header(wtxn, id, stored, record)?;
                 self.add_to_count(wtxn, from, -1)?;
                 self.add_to_count(wtxn, to, 1)?;
             }
@@ -924,6 +915,31 @@ impl AppDb {
             }
             Ok(())
         })
+    }
+
+    /// Record `id` as stored, and its header (read without the keys).
+    fn stored_header(
+        &self,
+        txn: &RoTxn<'_>,
+        id: u64,
+    ) -> Result<Option<(Vec<u8>, RecordHeader)>, TxnError> {
+        match self.messages.get(txn, &id.to_be_bytes())? {
+            None => Ok(None),
+            Some(stored) => Ok(Some((stored.to_vec(), RecordHeader::decode(stored)?))),
+        }
+    }
+
+    /// Stores record `id` with a new header and its sealed part unchanged.
+    fn put_header(
+        &self,
+        wtxn: &mut RwTxn<'_>,
+        id: u64,
+        mut stored: Vec<u8>,
+        header: RecordHeader,
+    ) -> Result<(), TxnError> {
+        stored[..RECORD_HEADER_LEN].copy_from_slice(&header.encode());
+        self.messages.put(wtxn, &id.to_be_bytes(), &stored)?;
+        Ok(())
     }
 
     fn record(&self, txn: &RoTxn<'_>, id: u64) -> Result<Option<MessageRecord>, TxnError> {

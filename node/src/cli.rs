@@ -168,7 +168,7 @@ pub struct PairArgs {
     pub radio: Option<RadioKind>,
     #[command(flatten)]
     pub lora: LoraArgs,
-    /// With --serial: how long to wait for the other device, in seconds
+    /// How long to wait for the other device, in seconds
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub wait: u64,
 }
@@ -483,9 +483,6 @@ fn id(home: &Home, args: &IdArgs, out: &mut impl Write) -> Result<()> {
     Ok(())
 }
 
-/// How long pairing waits for the other device.
-const PAIRING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
-
 /// Starts a pairing, shows our pairing code (first line of output) and reads theirs.
 fn exchange_codes(
     identity: &Identity,
@@ -531,6 +528,7 @@ fn pair_by_tcp(
     }
     let hint = ReachabilityHint::new(&local.to_string())?;
     let (mut pairing, theirs) = exchange_codes(identity, config, vec![hint], out)?;
+    let wait = std::time::Duration::from_secs(args.wait);
     let peer_addr: SocketAddr = theirs
         .hints()
         .first()
@@ -540,14 +538,14 @@ fn pair_by_tcp(
         < theirs.commitment().map(|c| *c.as_bytes());
     pairing.handle_scanned_code(theirs)?;
     let mut stream = if ours_first {
-        TcpStream::connect_timeout(&peer_addr, PAIRING_TIMEOUT)
+        TcpStream::connect_timeout(&peer_addr, wait)
             .with_context(|| format!("cannot reach the other device at {peer_addr}"))?
     } else {
         listener.set_nonblocking(false)?;
         let (stream, _) = listener.accept()?;
         stream
     };
-    stream.set_read_timeout(Some(PAIRING_TIMEOUT))?;
+    stream.set_read_timeout(Some(wait))?;
     let paired = loop {
         while let Some(message) = pairing.poll_transmit() {
             let len = u16::try_from(message.len()).context("pairing message too long")?;
@@ -836,11 +834,7 @@ fn human_message(record: &MessageRecord, from: &str, to: &str) -> String {
 
 fn status(home: &Home, args: &StatusArgs, out: &mut impl Write) -> Result<()> {
     // Counts are not sealed: `status` works without the passphrase.
-    match IdentityFileInfo::read(home.path()) {
-        Ok(_) => {}
-        Err(IdentityError::NotFound { .. }) => return Err(not_initialised(home)),
-        Err(e) => return Err(e.into()),
-    }
+    own_public_key(home)?;
     let db = AppDb::open_counts_only(home.path())?;
     let counts = db.counts()?;
     let now = now_secs()?;
@@ -959,6 +953,15 @@ fn verification_label(verification: Verification) -> &'static str {
         Verification::VerifiedInPerson => "verified-in-person",
         // A state added by a newer library: say so rather than guess.
         _ => "unknown",
+    }
+}
+
+/// This node's public identity, read without the passphrase.
+fn own_public_key(home: &Home) -> Result<IdentityPublicKey> {
+    match IdentityFileInfo::read(home.path()) {
+        Ok(info) => Ok(info.identity),
+        Err(IdentityError::NotFound { .. }) => Err(not_initialised(home)),
+        Err(e) => Err(e.into()),
     }
 }
 

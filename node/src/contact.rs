@@ -1326,7 +1326,7 @@ pub struct ContactBook {
     home: PathBuf,
     own_identity: IdentityPublicKey,
     key: SealKey,
-    contacts: BTreeMap<IdentityPublicKey, Contact>,
+    contacts: Contacts,
 }
 
 type Contacts = BTreeMap<IdentityPublicKey, Contact>;

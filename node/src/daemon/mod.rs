@@ -104,11 +104,19 @@ pub fn radio_info(
     lora: LoraParams,
     wait: std::time::Duration,
 ) -> anyhow::Result<RadioInfo> {
-    let port = port.parse().map_err(|e| anyhow::anyhow!("{port}: {e}"))?;
+    on_port(port, |port| radio::probe(port, kind, lora, wait))
+}
+
+/// Runs `task` on the serial port named `port`, in a runtime of its own (one-shot commands).
+fn on_port<T, F: std::future::Future<Output = anyhow::Result<T>>>(
+    port: &str,
+    task: impl FnOnce(cairn_transports::serial::SerialConfig) -> F,
+) -> anyhow::Result<T> {
+    let parsed = port.parse().map_err(|e| anyhow::anyhow!("{port}: {e}"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(radio::probe(port, kind, lora, wait))
+    runtime.block_on(task(parsed))
 }
 
 /// Runs an in-person pairing over the radio or cable on `port` (see
@@ -126,11 +134,9 @@ pub fn pair_over_radio(
     session: [u8; 8],
     wait: std::time::Duration,
 ) -> anyhow::Result<crate::contact::PairedContact> {
-    let port = port.parse().map_err(|e| anyhow::anyhow!("{port}: {e}"))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(radio::pair(port, kind, lora, pairing, session, wait))
+    on_port(port, |port| {
+        radio::pair(port, kind, lora, pairing, session, wait)
+    })
 }
 
 /// Runs the node until SIGINT or SIGTERM.

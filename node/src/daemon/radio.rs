@@ -602,18 +602,17 @@ pub(super) async fn pair(
     let mut link = PairLink::new(session, retry_ms, OsRng.next_u64());
     let give_up = tokio::time::Instant::now() + wait;
     let mut ready = false;
+    // The result, and until when to keep answering resends: our last acknowledgement may be
+    // lost, and the other side then asks again.
     let mut paired = None;
-    // Once paired, answer resends a while longer: our last acknowledgement may be lost.
-    let mut linger_until = None;
     let result = loop {
         while let Some(message) = pairing.poll_transmit() {
             link.send(message);
         }
         if paired.is_none() {
-            paired = pairing.take_paired();
-            if paired.is_some() {
-                linger_until = Some(now_ms() + 2 * retry_ms);
-            }
+            paired = pairing
+                .take_paired()
+                .map(|done| (done, now_ms() + 2 * retry_ms));
         }
         if ready {
             while let Some(frame) = link.poll_frame(now_ms()) {
@@ -626,10 +625,11 @@ pub(super) async fn pair(
         while let Some(bytes) = firmware.poll_serial() {
             serial.write(bytes).await?;
         }
-        if let (Some(until), Some(_)) = (linger_until, &paired) {
+        if let Some((done, until)) = paired.take() {
             if link.all_acknowledged() || now_ms() >= until {
-                break paired.take().ok_or_else(|| anyhow::anyhow!("pairing lost"));
+                break Ok(done);
             }
+            paired = Some((done, until));
         }
         let mut failed = None;
         while let Some(event) = firmware.poll_event() {
@@ -648,6 +648,7 @@ pub(super) async fn pair(
         if let Some(error) = failed {
             break Err(error.into());
         }
+        let linger_until = paired.as_ref().map(|(_, until)| *until);
         let deadline = [firmware.poll_timeout(), link.poll_timeout(), linger_until]
             .into_iter()
             .flatten()
